@@ -1,0 +1,112 @@
+"""Embedding endpoints: parse, check access, call the service, shape the answer."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from embeddings.api.serializers import (
+    EmbedInputSerializer,
+    EmbedOutputSerializer,
+    OpenAIEmbeddingsInputSerializer,
+    OpenAIEmbeddingsOutputSerializer,
+)
+from embeddings.metrics import request_observed
+from embeddings.services import EmbeddingBatch, embeddings_compute
+from medkg.api.access import access_context_of
+from medkg.api.permissions import check_claimed_tenant, principal_of
+from medkg.errors import InvalidRequest
+from namespaces.selectors import namespace_get_for_tenant
+from namespaces.services import access_grant_log
+
+
+class EmbedView(APIView):
+    required_scope = "embed:write"
+
+    @extend_schema(request=EmbedInputSerializer, responses={200: EmbedOutputSerializer}, operation_id="embed")
+    def post(self, request: Request) -> Response:
+        payload = EmbedInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        check_claimed_tenant(request, data.get("tenant_id"))
+        principal = principal_of(request)
+        namespace = namespace_get_for_tenant(name=data["namespace"], tenant=principal.tenant, scope=self.required_scope)
+        access_grant_log(context=access_context_of(request), tenant=principal.tenant_slug, namespace=namespace.name)
+        options = data.get("options") or {}
+        with request_observed(namespace=namespace.name, endpoint="embed"):
+            batch = embeddings_compute(
+                namespace=namespace,
+                texts=data["texts"],
+                normalize=options.get("normalize"),
+                truncate=options.get("truncate", False),
+            )
+        return Response(_embed_response(batch, normalized=_normalized(batch, options.get("normalize"))))
+
+
+def _normalized(batch: EmbeddingBatch, requested: bool | None) -> bool:
+    return batch.namespace.normalize if requested is None else requested
+
+
+def _embed_response(batch: EmbeddingBatch, *, normalized: bool) -> dict[str, object]:
+    truncated = set(batch.truncated)
+    return {
+        "namespace": batch.namespace.name,
+        "model": batch.namespace.model_id,
+        "model_version": batch.namespace.model_version,
+        "dim": int(batch.vectors.shape[1]),
+        "normalized": normalized,
+        "embeddings": [
+            {"text_index": i, "vector": vector, "token_count": count, "truncated": i in truncated}
+            for i, (vector, count) in enumerate(zip(batch.vectors, batch.token_counts, strict=True))
+        ],
+        "usage": {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens},
+    }
+
+
+class OpenAIEmbeddingsView(APIView):
+    """OpenAI-compatible: `model` is a namespace name, the tenant comes from the bearer token."""
+
+    required_scope = "embed:write"
+
+    @extend_schema(
+        request=OpenAIEmbeddingsInputSerializer,
+        responses={200: OpenAIEmbeddingsOutputSerializer},
+        operation_id="openai_embeddings",
+    )
+    def post(self, request: Request) -> Response:
+        payload = OpenAIEmbeddingsInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        principal = principal_of(request)
+        namespace = namespace_get_for_tenant(name=data["model"], tenant=principal.tenant, scope=self.required_scope)
+        access_grant_log(context=access_context_of(request), tenant=principal.tenant_slug, namespace=namespace.name)
+        if "dimensions" in data and data["dimensions"] != namespace.dim:
+            raise InvalidRequest(
+                f"Namespace {namespace.name} produces {namespace.dim} dimensions, not {data['dimensions']}.",
+                details={"dimensions": namespace.dim},
+            )
+        with request_observed(namespace=namespace.name, endpoint="openai_embeddings"):
+            batch = embeddings_compute(namespace=namespace, texts=data["input"], truncate=data["truncate"])
+        as_base64 = data["encoding_format"] == "base64"
+        return Response(
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": _encode(vector, as_base64)}
+                    for i, vector in enumerate(batch.vectors)
+                ],
+                "model": namespace.name,
+                "usage": {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens},
+            }
+        )
+
+
+def _encode(vector: np.ndarray, as_base64: bool) -> object:
+    if as_base64:
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector

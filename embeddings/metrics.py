@@ -1,0 +1,65 @@
+"""Embedding metrics. Labels: namespace (a bounded, operator-defined set), endpoint, outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Histogram
+
+from medkg.errors import MedkgError
+
+REQUESTS = Counter(
+    "embedding_requests_total",
+    "Embedding API requests by namespace, endpoint and outcome (ok or the error code).",
+    ["namespace", "endpoint", "outcome"],
+)
+REQUEST_LATENCY = Histogram(
+    "embedding_request_duration_seconds",
+    "Embedding API request latency after authentication, by namespace and endpoint.",
+    ["namespace", "endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROVIDER_LATENCY = Histogram(
+    "embedding_provider_duration_seconds",
+    "Time spent in the provider's embed call, by namespace and provider.",
+    ["namespace", "provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EMBEDDINGS_PRODUCED = Counter(
+    "embedding_vectors_produced_total", "Embedding vectors returned to clients, by namespace.", ["namespace"]
+)
+TOKENS_PROCESSED = Counter("embedding_tokens_processed_total", "Tokens embedded, by namespace.", ["namespace"])
+TOKEN_BUDGET_EXCEEDED = Counter(
+    "embedding_token_budget_exceeded_total",
+    "Texts over their namespace's token budget (refused or truncated), by namespace and action.",
+    ["namespace", "action"],
+)
+PROVIDER_ERRORS = Counter(
+    "embedding_provider_errors_total", "Provider failures by namespace and error code.", ["namespace", "code"]
+)
+
+
+@dataclass
+class Observation:
+    outcome: str = "ok"
+
+
+@contextmanager
+def request_observed(*, namespace: str, endpoint: str) -> Iterator[Observation]:
+    """Count the request and time it; the outcome is the error code when one escapes."""
+    observation = Observation()
+    started = time.perf_counter()
+    try:
+        yield observation
+    except MedkgError as error:
+        observation.outcome = error.code
+        raise
+    except Exception:
+        observation.outcome = "internal_error"
+        raise
+    finally:
+        REQUEST_LATENCY.labels(namespace=namespace, endpoint=endpoint).observe(time.perf_counter() - started)
+        REQUESTS.labels(namespace=namespace, endpoint=endpoint, outcome=observation.outcome).inc()

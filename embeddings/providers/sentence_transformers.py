@@ -1,0 +1,87 @@
+"""In-process sentence-transformers provider: the embedded default and the rollback target.
+
+One model instance per (folder, device, max length) per process, loaded on first use.
+Forward passes are serialised by a lock: on a CPU, two concurrent passes only fight over
+the same cores, while one pass at a time keeps throughput at the raw model's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from embeddings.providers.base import EmbeddingProvider, ProviderConfig, Readiness, resolve_local_path
+from medkg.errors import BackendUnavailable, GpuUnavailable
+
+_models: dict[tuple[str, str, int], tuple[Any, threading.Lock]] = {}
+_models_lock = threading.Lock()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _load_model(path: str, device: str, max_seq_length: int) -> tuple[Any, threading.Lock]:
+    key = (path, device, max_seq_length)
+    with _models_lock:
+        if key not in _models:
+            from sentence_transformers import SentenceTransformer
+
+            try:
+                model = SentenceTransformer(path, device=device, local_files_only=True)
+            except (OSError, ValueError) as error:
+                raise BackendUnavailable(
+                    f"Model folder {path!r} cannot be loaded: {error}", details={"model_path": path}
+                ) from error
+            model.max_seq_length = min(max_seq_length, model.max_seq_length or max_seq_length)
+            model.eval()
+            _models[key] = (model, threading.Lock())
+        return _models[key]
+
+
+class SentenceTransformersProvider(EmbeddingProvider):
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        if not config.model_path:
+            raise BackendUnavailable(f"Namespace {config.namespace} has no model_path.")
+
+    def _device(self) -> str:
+        wanted = self.config.parameter("device")
+        if self.config.requires_gpu or wanted == "cuda":
+            if not _cuda_available():
+                raise GpuUnavailable(
+                    f"Namespace {self.config.namespace} requires a GPU and none is available.",
+                    details={"namespace": self.config.namespace},
+                )
+            return "cuda"
+        return str(wanted or ("cuda" if _cuda_available() else "cpu"))
+
+    def _model(self) -> tuple[Any, threading.Lock]:
+        path = str(resolve_local_path(self.config.model_path))
+        return _load_model(path, self._device(), self.config.max_tokens)
+
+    def embed(self, texts: Sequence[str], *, normalize: bool, truncate: bool) -> np.ndarray:
+        # Truncation to max_tokens is what the model does anyway (max_seq_length); the service
+        # refuses over-budget texts before we get here unless the caller asked for truncation.
+        model, lock = self._model()
+        with lock:
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.config.batch_size,
+                normalize_embeddings=normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def readiness(self) -> Readiness:
+        try:
+            model, _ = self._model()
+        except (BackendUnavailable, GpuUnavailable) as error:
+            return Readiness(False, error.message)
+        return Readiness(True, f"loaded on {model.device}")

@@ -1,0 +1,132 @@
+"""Client of an OpenAI-compatible embeddings server (vLLM's `vllm serve --task embed`, or another medkg).
+
+Timeouts are short and explicit; every transport failure is BackendUnavailable (503), every
+unusable answer BackendError (502) and a vector of the wrong size DimensionMismatch.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import numpy as np
+from django.conf import settings
+
+from embeddings.providers.base import EmbeddingProvider, ProviderConfig, Readiness, expand_environment, l2_normalize
+from medkg.errors import BackendError, BackendUnavailable, DimensionMismatch
+
+_HEALTH_CACHE_SECONDS = 5.0
+
+
+class VllmHttpProvider(EmbeddingProvider):
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        timeout = float(config.parameter("timeout_seconds", settings.MEDKG_PROVIDER_TIMEOUT_SECONDS))
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(2.0, timeout)),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        )
+        self._health: tuple[float, Readiness] | None = None
+        self._health_lock = threading.Lock()
+
+    # --- configuration -------------------------------------------------------------------
+    def base_url(self) -> str:
+        url = expand_environment(self.config.endpoint).rstrip("/")
+        if not url:
+            raise BackendUnavailable(
+                f"Namespace {self.config.namespace} has no endpoint: set VLLM_URL (or the namespace's endpoint).",
+                details={"namespace": self.config.namespace},
+            )
+        return url.removesuffix("/v1")
+
+    def _headers(self) -> dict[str, str]:
+        key_variable = self.config.parameter("api_key_env")
+        api_key = os.environ.get(key_variable, "") if key_variable else settings.VLLM_API_KEY
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _served_model(self) -> str:
+        return str(self.config.parameter("served_model_name") or self.config.model_id)
+
+    # --- embedding -----------------------------------------------------------------------
+    def embed(self, texts: Sequence[str], *, normalize: bool, truncate: bool) -> np.ndarray:
+        url = f"{self.base_url()}/v1/embeddings"
+        step = self.config.batch_size
+        parts = [self._embed_batch(url, list(texts[i : i + step]), truncate) for i in range(0, len(texts), step)]
+        vectors = np.vstack(parts) if parts else np.zeros((0, self.config.dim or 0), dtype=np.float32)
+        return l2_normalize(vectors) if normalize else vectors
+
+    def _embed_batch(self, url: str, texts: list[str], truncate: bool) -> np.ndarray:
+        body: dict[str, Any] = {"model": self._served_model(), "input": texts, "encoding_format": "float"}
+        if truncate:
+            body["truncate_prompt_tokens"] = self.config.max_tokens
+        try:
+            response = self._client.post(url, json=body, headers=self._headers())
+        except httpx.TimeoutException as error:
+            raise BackendUnavailable(f"Embedding backend timed out: {url}", details={"backend": url}) from error
+        except httpx.HTTPError as error:
+            raise BackendUnavailable(
+                f"Embedding backend unreachable: {url} ({type(error).__name__})", details={"backend": url}
+            ) from error
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise BackendUnavailable(f"Embedding backend answered {response.status_code}.", details={"backend": url})
+        if response.status_code >= 400:
+            raise BackendError(
+                f"Embedding backend refused the request ({response.status_code}).",
+                details={"backend": url, "backend_status": response.status_code, "backend_body": response.text[:500]},
+            )
+        return self._parse(response, len(texts))
+
+    def _parse(self, response: httpx.Response, expected: int) -> np.ndarray:
+        try:
+            items = sorted(response.json()["data"], key=lambda item: item["index"])
+            rows = [_decode_vector(item["embedding"]) for item in items]
+        except (ValueError, KeyError, TypeError) as error:
+            raise BackendError(f"Embedding backend sent an unreadable answer: {error}") from error
+        if len(rows) != expected:
+            raise BackendError(f"Embedding backend returned {len(rows)} vectors for {expected} texts.")
+        dims = {row.shape[0] for row in rows}
+        if self.config.dim is not None and dims != {self.config.dim}:
+            raise DimensionMismatch(
+                f"Backend returned vectors of dimension {sorted(dims)} for namespace "
+                f"{self.config.namespace} (dimension {self.config.dim}).",
+                details={"expected": self.config.dim, "received": sorted(dims)},
+            )
+        return np.vstack(rows).astype(np.float32, copy=False)
+
+    # --- health --------------------------------------------------------------------------
+    def readiness(self) -> Readiness:
+        with self._health_lock:
+            if self._health and time.monotonic() - self._health[0] < _HEALTH_CACHE_SECONDS:
+                return self._health[1]
+            readiness = self._probe()
+            self._health = (time.monotonic(), readiness)
+            return readiness
+
+    def _probe(self) -> Readiness:
+        try:
+            url = f"{self.base_url()}/health"
+        except BackendUnavailable as error:
+            return Readiness(False, error.message)
+        try:
+            response = self._client.get(url, timeout=2.0)
+        except httpx.HTTPError as error:
+            return Readiness(False, f"{url} unreachable ({type(error).__name__})")
+        if response.status_code != 200:
+            return Readiness(False, f"{url} answered {response.status_code}")
+        return Readiness(True, f"{url} answered 200")
+
+
+def _decode_vector(raw: Any) -> np.ndarray:
+    if isinstance(raw, str):  # encoding_format=base64: little-endian float32
+        return np.frombuffer(base64.b64decode(raw), dtype="<f4").astype(np.float32)
+    if not isinstance(raw, list) or not raw:
+        raise ValueError("embedding is not a non-empty list")
+    vector = np.asarray(raw, dtype=np.float32)
+    if vector.ndim != 1 or not np.all(np.isfinite(vector)):
+        raise ValueError("embedding is not a finite 1-d vector")
+    return vector

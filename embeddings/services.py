@@ -1,0 +1,120 @@
+"""Embedding: budget checks, the provider call, and the invariants on what comes back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from embeddings import metrics
+from embeddings.providers.registry import provider_for
+from embeddings.tokenization import token_counts
+from medkg.errors import (
+    BackendError,
+    DimensionMismatch,
+    MedkgError,
+    NamespaceDisabled,
+    TokenBudgetExceeded,
+    TokenizerUnavailable,
+    UnsupportedNamespaceKind,
+)
+from namespaces.models import Namespace, NamespaceKind
+
+logger = logging.getLogger("medkg.embeddings")
+
+
+@dataclass(frozen=True)
+class EmbeddingBatch:
+    namespace: Namespace
+    vectors: np.ndarray  # (n, dim) float32
+    token_counts: list[int]  # tokens embedded per text (after truncation)
+    truncated: list[int]  # indices of texts cut to the budget
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+@dataclass(frozen=True)
+class TokenCheck:
+    text_index: int
+    token_count: int
+    exceeds_budget: bool
+
+
+def namespace_check_usable(*, namespace: Namespace, dense_only: bool = True) -> None:
+    if not namespace.enabled:
+        raise NamespaceDisabled(f"Namespace {namespace.name} is disabled.", details={"namespace": namespace.name})
+    if dense_only and namespace.kind != NamespaceKind.SINGLE_VECTOR:
+        raise UnsupportedNamespaceKind(
+            f"Namespace {namespace.name} is {namespace.kind}; this endpoint serves single_vector namespaces.",
+            details={"namespace": namespace.name, "kind": namespace.kind},
+        )
+
+
+def texts_check_budget(*, namespace: Namespace, texts: Sequence[str]) -> list[TokenCheck]:
+    """Token count of each text against the namespace's budget. Raises TokenizerUnavailable."""
+    counts = token_counts(tokenizer=namespace.tokenizer or namespace.model_path, texts=texts)
+    return [TokenCheck(i, count, count > namespace.max_tokens) for i, count in enumerate(counts)]
+
+
+def embeddings_compute(
+    *, namespace: Namespace, texts: Sequence[str], normalize: bool | None = None, truncate: bool = False
+) -> EmbeddingBatch:
+    """Embed `texts` in `namespace`. Over-budget texts are refused (422) unless `truncate`."""
+    namespace_check_usable(namespace=namespace)
+    try:
+        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts)
+    except TokenizerUnavailable:
+        checks = None  # remote providers without a local tokenizer enforce the budget themselves
+    over = [check.text_index for check in checks or [] if check.exceeds_budget]
+    if over:
+        action = "truncated" if truncate else "refused"
+        metrics.TOKEN_BUDGET_EXCEEDED.labels(namespace=namespace.name, action=action).inc(len(over))
+        if not truncate:
+            raise TokenBudgetExceeded(
+                f"{len(over)} text(s) exceed the budget of {namespace.max_tokens} tokens; "
+                "shorten them or set options.truncate.",
+                details={
+                    "max_tokens": namespace.max_tokens,
+                    "indices": over,
+                    "token_counts": [checks[i].token_count for i in over] if checks else [],
+                },
+            )
+    provider = provider_for(namespace)
+    started = time.perf_counter()
+    try:
+        vectors = provider.embed(
+            texts, normalize=namespace.normalize if normalize is None else normalize, truncate=truncate
+        )
+    except MedkgError as error:
+        metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code=error.code).inc()
+        raise
+    metrics.PROVIDER_LATENCY.labels(namespace=namespace.name, provider=namespace.provider).observe(
+        time.perf_counter() - started
+    )
+    _check_vectors(namespace, vectors, len(texts))
+    counts = [min(check.token_count, namespace.max_tokens) for check in checks] if checks else [0] * len(texts)
+    metrics.EMBEDDINGS_PRODUCED.labels(namespace=namespace.name).inc(len(texts))
+    metrics.TOKENS_PROCESSED.labels(namespace=namespace.name).inc(sum(counts))
+    return EmbeddingBatch(namespace=namespace, vectors=vectors, token_counts=counts, truncated=over)
+
+
+def _check_vectors(namespace: Namespace, vectors: np.ndarray, expected: int) -> None:
+    """Never return (or later store) a vector that does not belong to the namespace's space."""
+    if vectors.ndim != 2 or vectors.shape[0] != expected:
+        metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code="backend_error").inc()
+        raise BackendError(f"Provider returned {vectors.shape} for {expected} texts.")
+    if namespace.dim is not None and vectors.shape[1] != namespace.dim:
+        metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code="dimension_mismatch").inc()
+        raise DimensionMismatch(
+            f"Provider returned dimension {vectors.shape[1]} for namespace {namespace.name} "
+            f"(dimension {namespace.dim}).",
+            details={"expected": namespace.dim, "received": int(vectors.shape[1])},
+        )
+    if not np.all(np.isfinite(vectors)):
+        metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code="backend_error").inc()
+        raise BackendError(f"Provider returned non-finite values for namespace {namespace.name}.")

@@ -1,0 +1,38 @@
+"""Scope checks: each view names the scope it needs in `required_scope`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from medkg.api.authentication import TenantPrincipal
+from medkg.errors import AccessRefused
+
+
+class HasRequiredScope(BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        required = getattr(view, "required_scope", None)
+        if required is None:  # public view (health, schema)
+            return True
+        principal = request.user
+        if not isinstance(principal, TenantPrincipal):
+            raise AccessRefused("missing_token")
+        if not principal.has_scope(required):
+            raise AccessRefused("insufficient_scope", detail=f"needs {required}")
+        return True
+
+
+def principal_of(request: Request) -> TenantPrincipal:
+    principal = request.user
+    if not isinstance(principal, TenantPrincipal):  # permission class guarantees this for scoped views
+        raise AccessRefused("missing_token")
+    return principal
+
+
+def check_claimed_tenant(request: Request, claimed: str | None) -> None:
+    """A payload tenant_id, when present, must be the token's tenant."""
+    principal = principal_of(request)
+    if claimed is not None and claimed != principal.tenant_slug:
+        raise AccessRefused("tenant_mismatch", claimed_tenant=str(claimed)[:200])

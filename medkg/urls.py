@@ -1,0 +1,26 @@
+"""URL map: the public API under /v1, health and metrics for operators, the admin for staff."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+
+from embeddings.api.views import EmbedView, OpenAIEmbeddingsView
+from namespaces.api.views import NamespaceListView, NamespaceValidateView
+from operations.views import HealthView
+
+handler400 = "medkg.api.exceptions.json_bad_request"
+handler403 = "medkg.api.exceptions.json_permission_denied"
+handler404 = "medkg.api.exceptions.json_not_found"
+handler500 = "medkg.api.exceptions.json_server_error"
+
+urlpatterns = [
+    path("health", HealthView.as_view(), name="health"),
+    path("v1/embed", EmbedView.as_view(), name="embed"),
+    path("v1/embeddings", OpenAIEmbeddingsView.as_view(), name="openai_embeddings"),
+    path("v1/namespaces", NamespaceListView.as_view(), name="namespace_list"),
+    path("v1/namespaces/<str:namespace>/validate", NamespaceValidateView.as_view(), name="namespace_validate"),
+    path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("v1/docs", SpectacularRedocView.as_view(url_name="schema"), name="docs"),
+    path("admin/", admin.site.urls),
+    path("", include("django_prometheus.urls")),
+]

@@ -1,0 +1,53 @@
+"""Operators' admin: tenants and namespaces are managed here; audit events are evidence, read-only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from namespaces.models import AccessAuditEvent, Namespace, Tenant
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["slug", "name"]
+
+
+@admin.register(Namespace)
+class NamespaceAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "provider", "dim", "max_tokens", "requires_gpu", "enabled", "allow_all_tenants"]
+    list_filter = ["kind", "provider", "enabled", "requires_gpu", "allow_all_tenants"]
+    search_fields = ["name", "model_id"]
+    filter_horizontal = ["allowed_tenants"]
+    readonly_fields = ["source_file", "created_at", "updated_at"]
+
+
+@admin.register(AccessAuditEvent)
+class AccessAuditEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "occurred_at",
+        "reason",
+        "token_tenant",
+        "claimed_tenant",
+        "namespace",
+        "endpoint",
+        "status_code",
+        "client_address",
+        "request_id",
+    ]
+    list_filter = ["reason", "endpoint", "status_code", "occurred_at", "token_tenant", "namespace"]
+    search_fields = ["token_tenant", "claimed_tenant", "namespace", "request_id", "client_address"]
+    date_hierarchy = "occurred_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -1,0 +1,179 @@
+"""Typed, validated loaders for config/embedding/*.yaml.
+
+Every error is a ConfigError naming the file, the field and the reason, so an
+operator can fix a seed file without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medkg.errors import ConfigError
+from namespaces.models import NAMESPACE_NAME_PATTERN, SCOPES, TENANT_SLUG_PATTERN
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NamespaceSpec(_Strict):
+    name: str
+    kind: Literal["single_vector", "sparse", "multi_vector"]
+    provider: str = Field(min_length=1)
+    model_id: str = Field(min_length=1)
+    model_path: str = ""
+    model_version: str = ""
+    dim: int | None = Field(default=None, gt=0)
+    max_tokens: int = Field(gt=0)
+    tokenizer: str = ""
+    pooling: Literal["mean", "cls", "last_token", "max", "none"] = "mean"
+    normalize: bool = True
+    batch_size: int = Field(default=32, gt=0, le=4096)
+    requires_gpu: bool = False
+    endpoint: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+    allowed_scopes: list[str] = Field(default_factory=lambda: ["embed:read", "embed:write"])
+    allowed_tenants: Literal["all"] | list[str] = "all"
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not NAMESPACE_NAME_PATTERN.match(value):
+            raise ValueError("must look like <kind>.<model>.<dim|auto>.<vN>, e.g. single_vector.minilm.384.v1")
+        return value
+
+    @field_validator("allowed_scopes")
+    @classmethod
+    def _known_scopes(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+        return value
+
+    @field_validator("allowed_tenants")
+    @classmethod
+    def _tenant_slugs(cls, value: Literal["all"] | list[str]) -> Literal["all"] | list[str]:
+        if isinstance(value, list):
+            bad = [slug for slug in value if not re.match(TENANT_SLUG_PATTERN, slug)]
+            if bad:
+                raise ValueError(f"invalid tenant slugs {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _name_matches_fields(self) -> NamespaceSpec:
+        match = NAMESPACE_NAME_PATTERN.match(self.name)
+        assert match is not None  # checked by the field validator
+        if match["kind"] != self.kind:
+            raise ValueError(f"kind {self.kind!r} differs from the name's {match['kind']!r}")
+        if match["dim"] != "auto" and int(match["dim"]) != self.dim:
+            raise ValueError(f"dim {self.dim} differs from the name's {match['dim']}")
+        if self.kind != "sparse" and self.dim is None:
+            raise ValueError("dim is required for dense namespaces")
+        return self
+
+
+def _first_error(error: ValidationError) -> tuple[str, str]:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(file)"
+    return field, first["msg"]
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(str(path), "(file)", f"cannot be read: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(str(path), "(file)", f"is not valid YAML: {error}") from error
+
+
+def load_namespace_spec(path: Path) -> NamespaceSpec:
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "(file)", "must be a mapping of namespace fields")
+    try:
+        return NamespaceSpec.model_validate(data)
+    except ValidationError as error:
+        field, reason = _first_error(error)
+        raise ConfigError(str(path), field, reason) from error
+
+
+def load_namespace_specs(directory: Path) -> list[tuple[Path, NamespaceSpec]]:
+    """All namespace seed files of `directory`, validated; the first bad file raises."""
+    if not directory.is_dir():
+        raise ConfigError(str(directory), "(directory)", "does not exist")
+    loaded: list[tuple[Path, NamespaceSpec]] = []
+    seen: dict[str, Path] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        spec = load_namespace_spec(path)
+        if spec.name in seen:
+            raise ConfigError(str(path), "name", f"{spec.name!r} is also defined in {seen[spec.name].name}")
+        seen[spec.name] = path
+        loaded.append((path, spec))
+    return loaded
+
+
+# --- vLLM serving configuration -------------------------------------------------
+
+
+class VllmService(_Strict):
+    host: str = Field(min_length=1)
+    port: int = Field(gt=0, lt=65536)
+    model: str = Field(min_length=1)
+    served_model_name: str = ""
+
+
+class VllmBatching(_Strict):
+    max_batch_size: int = Field(gt=0)
+    max_wait_time_ms: float = Field(ge=0)
+    preferred_batch_size: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _preferred_within_max(self) -> VllmBatching:
+        if self.preferred_batch_size > self.max_batch_size:
+            raise ValueError("preferred_batch_size must not exceed max_batch_size")
+        return self
+
+
+class VllmHealthCheck(_Strict):
+    path: str = "/health"
+    interval_seconds: float = Field(default=10, gt=0)
+    timeout_seconds: float = Field(default=2, gt=0)
+    failure_threshold: int = Field(default=3, gt=0)
+
+
+class VllmConfig(_Strict):
+    service: VllmService
+    gpu_memory_utilization: float = Field(gt=0, le=1)
+    max_model_len: int = Field(gt=0)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"]
+    batching: VllmBatching
+    health_check: VllmHealthCheck = VllmHealthCheck()
+
+
+def load_vllm_config(path: Path, environ: dict[str, str] | None = None) -> VllmConfig:
+    """Parse config/embedding/vllm.yaml; GPU_MEMORY_UTILIZATION in the environment overrides the file."""
+    environ = dict(os.environ) if environ is None else environ
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "(file)", "must be a mapping")
+    override = environ.get("GPU_MEMORY_UTILIZATION")
+    if override is not None:
+        try:
+            data["gpu_memory_utilization"] = float(override)
+        except ValueError as error:
+            raise ConfigError("GPU_MEMORY_UTILIZATION", "gpu_memory_utilization", "must be a number") from error
+    try:
+        return VllmConfig.model_validate(data)
+    except ValidationError as error:
+        field, reason = _first_error(error)
+        source = "GPU_MEMORY_UTILIZATION" if field == "gpu_memory_utilization" and override is not None else str(path)
+        raise ConfigError(source, field, reason) from error

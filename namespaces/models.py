@@ -1,0 +1,139 @@
+"""Tenants, embedding namespaces and the access audit trail."""
+
+from __future__ import annotations
+
+import re
+
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+
+NAMESPACE_NAME_PATTERN = re.compile(
+    r"^(?P<kind>single_vector|sparse|multi_vector)\.(?P<model>[a-z0-9][a-z0-9_\-]*)\."
+    r"(?P<dim>[1-9][0-9]*|auto)\.v(?P<version>[1-9][0-9]*)$"
+)
+TENANT_SLUG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
+SCOPES = ("embed:read", "embed:write", "embed:admin")
+
+
+class Tenant(models.Model):
+    slug = models.CharField(
+        max_length=63,
+        unique=True,
+        validators=[RegexValidator(TENANT_SLUG_PATTERN, "lowercase letters, digits, '-' and '_'")],
+        help_text="The tenant id carried in JWTs (`tenant_id`) and request payloads.",
+    )
+    name = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True, help_text="Tokens of an inactive tenant are refused.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class NamespaceKind(models.TextChoices):
+    SINGLE_VECTOR = "single_vector", "single vector (dense)"
+    SPARSE = "sparse", "sparse (term weights)"
+    MULTI_VECTOR = "multi_vector", "multi vector (late interaction)"
+
+
+class Pooling(models.TextChoices):
+    MEAN = "mean"
+    CLS = "cls"
+    LAST_TOKEN = "last_token"
+    MAX = "max"
+    NONE = "none"
+
+
+class Namespace(models.Model):
+    """An embedding space: one model, one dimension, one version. Vectors of two namespaces never mix."""
+
+    name = models.CharField(
+        max_length=200,
+        unique=True,
+        validators=[RegexValidator(NAMESPACE_NAME_PATTERN, "must look like <kind>.<model>.<dim|auto>.<vN>")],
+    )
+    kind = models.CharField(max_length=20, choices=NamespaceKind.choices)
+    provider = models.CharField(max_length=50, help_text="Provider registry key, e.g. sentence_transformers, vllm")
+    model_id = models.CharField(max_length=300, help_text="Model identifier reported to clients.")
+    model_path = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Where the weights load from: a local folder or package:NAME/sub/folder. Empty for remote providers.",
+    )
+    model_version = models.CharField(max_length=100, blank=True)
+    dim = models.PositiveIntegerField(null=True, blank=True, help_text="Vector dimension; empty for `auto` (sparse).")
+    max_tokens = models.PositiveIntegerField(help_text="Token budget per text, special tokens included.")
+    tokenizer = models.CharField(max_length=500, blank=True, help_text="Local tokenizer folder or package:NAME/...")
+    pooling = models.CharField(max_length=20, choices=Pooling.choices, default=Pooling.MEAN)
+    normalize = models.BooleanField(default=True)
+    batch_size = models.PositiveIntegerField(default=32)
+    requires_gpu = models.BooleanField(default=False)
+    endpoint = models.CharField(
+        max_length=500, blank=True, help_text="Remote provider base URL; ${VAR} is read from the environment."
+    )
+    parameters = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    allowed_scopes = models.JSONField(default=list, blank=True, help_text="Scopes that may use this namespace.")
+    allow_all_tenants = models.BooleanField(default=False)
+    allowed_tenants = models.ManyToManyField(Tenant, blank=True, related_name="namespaces")
+    description = models.TextField(blank=True)
+    source_file = models.CharField(max_length=500, blank=True, help_text="The YAML seed file, when synced.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        match = NAMESPACE_NAME_PATTERN.match(self.name or "")
+        if not match:
+            raise ValidationError({"name": "must look like <kind>.<model>.<dim|auto>.<vN>"})
+        if match["kind"] != self.kind:
+            raise ValidationError({"kind": f"the name says {match['kind']!r}"})
+        if match["dim"] != "auto" and int(match["dim"]) != self.dim:
+            raise ValidationError({"dim": f"the name says {match['dim']}"})
+        if self.kind != NamespaceKind.SPARSE and not self.dim:
+            raise ValidationError({"dim": "dense namespaces need a dimension"})
+        unknown = set(self.allowed_scopes or []) - set(SCOPES)
+        if unknown:
+            raise ValidationError({"allowed_scopes": f"unknown scopes: {sorted(unknown)}"})
+
+
+class AccessRefusalReason(models.TextChoices):
+    MISSING_TOKEN = "missing_token"
+    INVALID_TOKEN = "invalid_token"
+    EXPIRED_TOKEN = "expired_token"
+    TENANT_INACTIVE = "tenant_inactive"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    TENANT_MISMATCH = "tenant_mismatch"
+    NAMESPACE_NOT_GRANTED = "namespace_not_granted"
+    NAMESPACE_UNKNOWN = "namespace_unknown"
+
+
+class AccessAuditEvent(models.Model):
+    """One refused request (the runbook's `namespace_access` event). Evidence: never edited."""
+
+    occurred_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    token_tenant = models.CharField(max_length=200, blank=True, db_index=True)
+    claimed_tenant = models.CharField(max_length=200, blank=True)
+    namespace = models.CharField(max_length=200, blank=True, db_index=True)
+    endpoint = models.CharField(max_length=100)
+    method = models.CharField(max_length=10, blank=True)
+    reason = models.CharField(max_length=40, choices=AccessRefusalReason.choices, db_index=True)
+    status_code = models.PositiveSmallIntegerField()
+    request_id = models.CharField(max_length=64, blank=True)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.reason} {self.token_tenant or '-'} {self.endpoint}"

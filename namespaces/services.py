@@ -1,0 +1,185 @@
+"""State changes for tenants, namespaces, tokens and the access audit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from rest_framework_simplejwt.tokens import AccessToken
+
+from medkg.errors import ConfigError
+from medkg.logging import log_event
+from namespaces.config import NamespaceSpec, load_namespace_specs
+from namespaces.metrics import CROSS_TENANT_ACCESS_ATTEMPTS
+from namespaces.models import SCOPES, AccessAuditEvent, Namespace, Tenant
+
+logger = logging.getLogger("medkg.access")
+
+_SYNCED_FIELDS = (
+    "kind",
+    "provider",
+    "model_id",
+    "model_path",
+    "model_version",
+    "dim",
+    "max_tokens",
+    "tokenizer",
+    "pooling",
+    "normalize",
+    "batch_size",
+    "requires_gpu",
+    "endpoint",
+    "parameters",
+    "enabled",
+    "allowed_scopes",
+    "description",
+)
+
+
+@dataclass
+class SyncReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    tenants_created: list[str] = field(default_factory=list)
+
+
+def tenant_create(*, slug: str, name: str = "") -> tuple[Tenant, bool]:
+    """Create the tenant if it does not exist; returns (tenant, created)."""
+    tenant = Tenant(slug=slug, name=name or slug)
+    tenant.full_clean(validate_unique=False)
+    return Tenant.objects.get_or_create(slug=slug, defaults={"name": name or slug})
+
+
+def token_issue(*, tenant: Tenant, scopes: list[str], ttl: timedelta) -> str:
+    """A signed access token carrying `tenant_id` and `scopes`."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+    if ttl <= timedelta(0):
+        raise ValueError("ttl must be positive")
+    token = AccessToken()
+    token.set_exp(lifetime=ttl)
+    token["tenant_id"] = tenant.slug
+    token["scopes"] = sorted(set(scopes))
+    return str(token)
+
+
+def _spec_fields(spec: NamespaceSpec, path: Path) -> dict[str, Any]:
+    values = {name: getattr(spec, name) for name in _SYNCED_FIELDS}
+    values["allow_all_tenants"] = spec.allowed_tenants == "all"
+    values["source_file"] = str(path.name)
+    return values
+
+
+def _wanted_tenants(spec: NamespaceSpec) -> set[str]:
+    return set() if spec.allowed_tenants == "all" else set(spec.allowed_tenants)
+
+
+@transaction.atomic
+def namespace_sync_from_yaml(*, directory: Path, dry_run: bool = False) -> SyncReport:
+    """Create or update namespaces from the seed files. All files are validated before anything changes."""
+    specs = load_namespace_specs(directory)
+    report = SyncReport()
+    for path, spec in specs:
+        wanted_fields = _spec_fields(spec, path)
+        wanted_tenants = _wanted_tenants(spec)
+        existing = Namespace.objects.filter(name=spec.name).prefetch_related("allowed_tenants").first()
+        if existing is None:
+            report.created.append(spec.name)
+            namespace = Namespace(name=spec.name, **wanted_fields)
+        else:
+            current_tenants = {tenant.slug for tenant in existing.allowed_tenants.all()}
+            changed = any(getattr(existing, key) != value for key, value in wanted_fields.items())
+            if not changed and current_tenants == wanted_tenants:
+                report.unchanged.append(spec.name)
+                continue
+            report.updated.append(spec.name)
+            namespace = existing
+            for key, value in wanted_fields.items():
+                setattr(namespace, key, value)
+        try:
+            namespace.full_clean(validate_unique=False)
+        except ValidationError as error:
+            field_name, messages = next(iter(error.message_dict.items()))
+            raise ConfigError(str(path), field_name, "; ".join(messages)) from error
+        if dry_run:
+            continue
+        namespace.save()
+        tenants = []
+        for slug in sorted(wanted_tenants):
+            tenant, created = Tenant.objects.get_or_create(slug=slug, defaults={"name": slug})
+            if created:
+                report.tenants_created.append(slug)
+            tenants.append(tenant)
+        namespace.allowed_tenants.set(tenants)
+    return report
+
+
+@dataclass(frozen=True)
+class AccessContext:
+    """Where a request came from, for the audit trail."""
+
+    endpoint: str
+    method: str = ""
+    request_id: str = ""
+    client_address: str | None = None
+
+
+def access_refusal_record(
+    *,
+    reason: str,
+    status_code: int,
+    context: AccessContext,
+    token_tenant: str = "",
+    claimed_tenant: str = "",
+    namespace: str = "",
+    detail: str = "",
+) -> AccessAuditEvent:
+    """Count, audit and log one refused request."""
+    CROSS_TENANT_ACCESS_ATTEMPTS.labels(reason=reason, endpoint=context.endpoint).inc()
+    event = AccessAuditEvent.objects.create(
+        token_tenant=token_tenant[:200],
+        claimed_tenant=claimed_tenant[:200],
+        namespace=namespace[:200],
+        endpoint=context.endpoint[:100],
+        method=context.method[:10],
+        reason=reason,
+        status_code=status_code,
+        request_id=context.request_id[:64],
+        client_address=context.client_address,
+        detail=detail[:500],
+    )
+    log_event(
+        logger,
+        "namespace_access",
+        logging.WARNING,
+        outcome="refused",
+        reason=reason,
+        token_tenant=token_tenant,
+        claimed_tenant=claimed_tenant,
+        namespace=namespace,
+        endpoint=context.endpoint,
+        request_id=context.request_id,
+        client_address=context.client_address,
+    )
+    return event
+
+
+def access_grant_log(*, context: AccessContext, tenant: str, namespace: str) -> None:
+    log_event(
+        logger,
+        "namespace_access",
+        outcome="allowed",
+        token_tenant=tenant,
+        claimed_tenant=tenant,
+        namespace=namespace,
+        endpoint=context.endpoint,
+        request_id=context.request_id,
+        client_address=context.client_address,
+    )
