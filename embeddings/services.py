@@ -32,6 +32,7 @@ class EmbeddingBatch:
     vectors: np.ndarray  # (n, dim) float32
     token_counts: list[int]  # tokens embedded per text (after truncation)
     truncated: list[int]  # indices of texts cut to the budget
+    normalized: bool  # unit vectors: asked for, or the model always normalises
 
     @property
     def total_tokens(self) -> int:
@@ -85,11 +86,10 @@ def embeddings_compute(
                 },
             )
     provider = provider_for(namespace)
+    normalize = namespace.normalize if normalize is None else normalize
     started = time.perf_counter()
     try:
-        vectors = provider.embed(
-            texts, normalize=namespace.normalize if normalize is None else normalize, truncate=truncate
-        )
+        vectors = provider.embed(texts, normalize=normalize, truncate=truncate)
     except MedkgError as error:
         metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code=error.code).inc()
         raise
@@ -100,7 +100,13 @@ def embeddings_compute(
     counts = [min(check.token_count, namespace.max_tokens) for check in checks] if checks else [0] * len(texts)
     metrics.EMBEDDINGS_PRODUCED.labels(namespace=namespace.name).inc(len(texts))
     metrics.TOKENS_PROCESSED.labels(namespace=namespace.name).inc(sum(counts))
-    return EmbeddingBatch(namespace=namespace, vectors=vectors, token_counts=counts, truncated=over)
+    return EmbeddingBatch(
+        namespace=namespace,
+        vectors=vectors,
+        token_counts=counts,
+        truncated=over,
+        normalized=normalize or provider.always_normalizes(),
+    )
 
 
 def _check_vectors(namespace: Namespace, vectors: np.ndarray, expected: int) -> None:

@@ -28,4 +28,5 @@ class JSONFormatter(logging.Formatter):
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log `event` with `fields` as top-level keys of the JSON line."""
-    logger.log(level, event, extra=fields)
+    exc_info = fields.pop("exc_info", None)
+    logger.log(level, event, extra=fields, exc_info=exc_info)

@@ -74,6 +74,9 @@ class OpenAIEmbeddingsInputSerializer(serializers.Serializer):
     dimensions = serializers.IntegerField(required=False, min_value=1)
     user = StrictCharField(required=False, max_length=500)
     truncate = StrictBooleanField(required=False, default=False, help_text="medkg extension: cut to the budget.")
+    truncate_prompt_tokens = serializers.IntegerField(
+        required=False, help_text="vLLM's extension: any value >= 1 turns `truncate` on (cut to the budget)."
+    )
 
     def validate_input(self, value: Any) -> list[str]:
         texts = [value] if isinstance(value, str) else value

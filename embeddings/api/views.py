@@ -45,21 +45,17 @@ class EmbedView(APIView):
                 normalize=options.get("normalize"),
                 truncate=options.get("truncate", False),
             )
-        return Response(_embed_response(batch, normalized=_normalized(batch, options.get("normalize"))))
+        return Response(_embed_response(batch))
 
 
-def _normalized(batch: EmbeddingBatch, requested: bool | None) -> bool:
-    return batch.namespace.normalize if requested is None else requested
-
-
-def _embed_response(batch: EmbeddingBatch, *, normalized: bool) -> dict[str, object]:
+def _embed_response(batch: EmbeddingBatch) -> dict[str, object]:
     truncated = set(batch.truncated)
     return {
         "namespace": batch.namespace.name,
         "model": batch.namespace.model_id,
         "model_version": batch.namespace.model_version,
         "dim": int(batch.vectors.shape[1]),
-        "normalized": normalized,
+        "normalized": batch.normalized,
         "embeddings": [
             {"text_index": i, "vector": vector, "token_count": count, "truncated": i in truncated}
             for i, (vector, count) in enumerate(zip(batch.vectors, batch.token_counts, strict=True))
@@ -91,7 +87,8 @@ class OpenAIEmbeddingsView(APIView):
                 details={"dimensions": namespace.dim},
             )
         with request_observed(namespace=namespace.name, endpoint="openai_embeddings"):
-            batch = embeddings_compute(namespace=namespace, texts=data["input"], truncate=data["truncate"])
+            truncate = data["truncate"] or data.get("truncate_prompt_tokens", 0) >= 1
+            batch = embeddings_compute(namespace=namespace, texts=data["input"], truncate=truncate)
         as_base64 = data["encoding_format"] == "base64"
         return Response(
             {

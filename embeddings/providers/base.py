@@ -84,6 +84,10 @@ class EmbeddingProvider(ABC):
     def embed(self, texts: Sequence[str], *, normalize: bool, truncate: bool) -> np.ndarray:
         """Vectors (len(texts), dim) as float32, in input order."""
 
+    def always_normalizes(self) -> bool:
+        """True when the model itself L2-normalises (a Normalize layer): normalize=false cannot undo it."""
+        return False
+
     @abstractmethod
     def readiness(self) -> Readiness:
         """Whether the provider can serve now, and why not."""

@@ -79,6 +79,12 @@ class SentenceTransformersProvider(EmbeddingProvider):
             )
         return np.asarray(vectors, dtype=np.float32)
 
+    def always_normalizes(self) -> bool:
+        from sentence_transformers.models import Normalize
+
+        model, _ = self._model()
+        return any(isinstance(module, Normalize) for module in model)
+
     def readiness(self) -> Readiness:
         try:
             model, _ = self._model()

@@ -26,8 +26,9 @@ class StrictBooleanField(serializers.BooleanField):
 
 
 class NoUnknownFieldsSerializer(serializers.Serializer):
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+    def to_internal_value(self, data: Any) -> Any:
+        # Checked here, not in validate(): nested serializers have no initial_data.
+        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
         if unknown:
-            raise serializers.ValidationError(dict.fromkeys(unknown, "Unknown field."))
-        return attrs
+            raise serializers.ValidationError(dict.fromkeys((str(name)[:100] for name in unknown), "Unknown field."))
+        return super().to_internal_value(data)

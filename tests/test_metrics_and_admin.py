@@ -1,0 +1,80 @@
+"""/metrics exports what dashboards need; the admin shows audit events read-only."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+
+from namespaces.models import AccessAuditEvent
+from tests.conftest import RESTRICTED_NAMESPACE
+
+
+@pytest.mark.django_db
+def test_metrics_endpoint_exports_service_metrics(api, restricted_namespace, outsider, token_a_write):
+    api.post("/v1/embed", {"namespace": RESTRICTED_NAMESPACE, "texts": ["x"]}, token=token_a_write)
+    api.post("/v1/embed", {"namespace": RESTRICTED_NAMESPACE, "texts": ["x"]}, token=outsider["token"])
+
+    text = api.get("/metrics").content.decode()
+
+    for name in (
+        "medicalkg_cross_tenant_access_attempts_total",
+        "embedding_requests_total",
+        "embedding_request_duration_seconds_bucket",
+        "embedding_vectors_produced_total",
+        "embedding_tokens_processed_total",
+        "embedding_provider_duration_seconds_bucket",
+        "django_http_requests_total_by_view_transport_method_total",
+    ):
+        assert name in text, name
+    assert 'medicalkg_cross_tenant_access_attempts_total{endpoint="embed",reason="namespace_not_granted"}' in text
+    assert "tenant-b" not in text and "tenant-a" not in text  # no tenant ids as labels
+
+
+@pytest.fixture
+def staff_client(client):
+    user = User.objects.create_superuser("ops", "ops@example.org", "pw-ops-123")
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.django_db
+def test_audit_events_read_only_with_filters(staff_client, api, restricted_namespace, outsider):
+    api.post("/v1/embed", {"namespace": RESTRICTED_NAMESPACE, "texts": ["x"]}, token=outsider["token"])
+    event = AccessAuditEvent.objects.get()
+
+    listing = staff_client.get("/admin/namespaces/accessauditevent/?reason__exact=namespace_not_granted")
+    assert listing.status_code == 200
+    assert b"tenant-b" in listing.content and b"namespace_not_granted" in listing.content
+
+    assert staff_client.get("/admin/namespaces/accessauditevent/add/").status_code == 403
+    detail = staff_client.get(f"/admin/namespaces/accessauditevent/{event.pk}/change/")
+    assert detail.status_code == 200 and b'name="_save"' not in detail.content
+    assert (
+        staff_client.post(f"/admin/namespaces/accessauditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    )
+    assert AccessAuditEvent.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_namespaces_managed_in_admin(staff_client, synced):
+    response = staff_client.get("/admin/namespaces/namespace/")
+    assert response.status_code == 200
+    assert b"single_vector.minilm.384.v1" in response.content
+
+
+@pytest.mark.django_db
+def test_openapi_schema_and_docs(api):
+    schema = api.get("/v1/schema?format=json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert {"/v1/embed", "/v1/embeddings", "/v1/namespaces", "/v1/namespaces/{namespace}/validate", "/health"} <= set(
+        paths
+    )
+    assert api.get("/v1/docs").status_code == 200
+
+
+@pytest.mark.django_db
+def test_unknown_url_is_json_404(api):
+    response = api.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
