@@ -25,7 +25,8 @@ def namespace_get_for_tenant(*, name: str, tenant: Tenant, scope: str) -> Namesp
 
     Unknown and not-granted raise the same client answer (404) with different audit reasons.
     """
-    namespace = Namespace.objects.filter(name=name).first()
+    # PostgreSQL text cannot hold NUL, so no namespace name has one: do not send it to the database.
+    namespace = Namespace.objects.filter(name=name).first() if "\x00" not in name else None
     if namespace is None:
         raise AccessRefused("namespace_unknown", namespace=name)
     if not namespace.allow_all_tenants and not namespace.allowed_tenants.filter(pk=tenant.pk).exists():

@@ -131,6 +131,11 @@ class AccessContext:
     client_address: str | None = None
 
 
+def _storable(text: str, limit: int) -> str:
+    """Client-supplied text cut to its column; NUL, which PostgreSQL text cannot hold, shown as U+FFFD."""
+    return text.replace("\x00", "\ufffd")[:limit]
+
+
 def access_refusal_record(
     *,
     reason: str,
@@ -144,16 +149,16 @@ def access_refusal_record(
     """Count, audit and log one refused request."""
     CROSS_TENANT_ACCESS_ATTEMPTS.labels(reason=reason, endpoint=context.endpoint).inc()
     event = AccessAuditEvent.objects.create(
-        token_tenant=token_tenant[:200],
-        claimed_tenant=claimed_tenant[:200],
-        namespace=namespace[:200],
-        endpoint=context.endpoint[:100],
-        method=context.method[:10],
+        token_tenant=_storable(token_tenant, 200),
+        claimed_tenant=_storable(claimed_tenant, 200),
+        namespace=_storable(namespace, 200),
+        endpoint=_storable(context.endpoint, 100),
+        method=_storable(context.method, 10),
         reason=reason,
         status_code=status_code,
-        request_id=context.request_id[:64],
+        request_id=_storable(context.request_id, 64),
         client_address=context.client_address,
-        detail=detail[:500],
+        detail=_storable(detail, 500),
     )
     log_event(
         logger,

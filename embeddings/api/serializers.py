@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from medkg.api.fields import NoUnknownFieldsSerializer, StrictBooleanField, StrictCharField
-from medkg.errors import PayloadTooLarge
+from medkg.errors import PayloadTooLarge, UnsupportedInput
 
 
 def check_text_count(count: int) -> None:
@@ -22,6 +23,9 @@ class TextsField(serializers.ListField):
         super().__init__(
             child=StrictCharField(allow_blank=False, trim_whitespace=False, max_length=settings.MEDKG_MAX_TEXT_CHARS),
             allow_empty=False,
+            # Only for the schema's minItems/maxItems: emptiness (400) and the count (413) are checked first.
+            min_length=1,
+            max_length=settings.MEDKG_MAX_TEXTS_PER_REQUEST,
             **kwargs,
         )
 
@@ -65,11 +69,23 @@ class EmbedOutputSerializer(serializers.Serializer):
     usage = UsageSerializer()
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+        ]
+    }
+)
+class OpenAIInputField(serializers.JSONField):
+    """A string or a list of strings (validated by the serializer)."""
+
+
 class OpenAIEmbeddingsInputSerializer(serializers.Serializer):
     """OpenAI's request shape. Unknown keys are ignored, as OpenAI clients send extras (user, ...)."""
 
     model = StrictCharField(max_length=200, help_text="A namespace name, e.g. single_vector.minilm.384.v1.")
-    input = serializers.JSONField(help_text="A string or a list of strings.")
+    input = OpenAIInputField(help_text="A string or a list of strings.")
     encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
     dimensions = serializers.IntegerField(required=False, min_value=1)
     user = StrictCharField(required=False, max_length=500)
@@ -82,8 +98,8 @@ class OpenAIEmbeddingsInputSerializer(serializers.Serializer):
         texts = [value] if isinstance(value, str) else value
         if not isinstance(texts, list) or not texts:
             raise serializers.ValidationError("Must be a non-empty string or a non-empty list of strings.")
-        if any(isinstance(item, (int, list)) for item in texts):
-            raise serializers.ValidationError("Token-id input is not supported; send text.")
+        if any(type(item) in (int, list) for item in texts):  # bool is not a token id
+            raise UnsupportedInput("Token-id input is not supported; send text.", details={"field": "input"})
         check_text_count(len(texts))
         field = TextsField()
         return field.run_validation(texts)  # type: ignore[no-any-return]
@@ -97,6 +113,6 @@ class OpenAIEmbeddingItemSerializer(serializers.Serializer):
 
 class OpenAIEmbeddingsOutputSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
-    data = OpenAIEmbeddingItemSerializer(many=True)
+    data = OpenAIEmbeddingItemSerializer(many=True)  # type: ignore[assignment]  # OpenAI's field name
     model = serializers.CharField()
     usage = UsageSerializer()

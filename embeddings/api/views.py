@@ -30,10 +30,10 @@ class EmbedView(APIView):
 
     @extend_schema(request=EmbedInputSerializer, responses={200: EmbedOutputSerializer}, operation_id="embed")
     def post(self, request: Request) -> Response:
+        check_claimed_tenant(request)
         payload = EmbedInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        check_claimed_tenant(request, data.get("tenant_id"))
         principal = principal_of(request)
         namespace = namespace_get_for_tenant(name=data["namespace"], tenant=principal.tenant, scope=self.required_scope)
         access_grant_log(context=access_context_of(request), tenant=principal.tenant_slug, namespace=namespace.name)

@@ -111,6 +111,11 @@ def expand_environment(value: str) -> str:
     return _ENV_REFERENCE.sub(lambda match: os.environ.get(match[1], ""), value)
 
 
+def unset_environment_references(value: str) -> list[str]:
+    """The variables that `value` references as ${VAR} and that are unset or empty."""
+    return [name for name in _ENV_REFERENCE.findall(value) if not os.environ.get(name)]
+
+
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms == 0, 1, norms)

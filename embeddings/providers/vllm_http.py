@@ -17,7 +17,14 @@ import httpx
 import numpy as np
 from django.conf import settings
 
-from embeddings.providers.base import EmbeddingProvider, ProviderConfig, Readiness, expand_environment, l2_normalize
+from embeddings.providers.base import (
+    EmbeddingProvider,
+    ProviderConfig,
+    Readiness,
+    expand_environment,
+    l2_normalize,
+    unset_environment_references,
+)
 from medkg.errors import BackendError, BackendUnavailable, DimensionMismatch
 
 _HEALTH_CACHE_SECONDS = 5.0
@@ -36,6 +43,13 @@ class VllmHttpProvider(EmbeddingProvider):
 
     # --- configuration -------------------------------------------------------------------
     def base_url(self) -> str:
+        unset = unset_environment_references(self.config.endpoint)
+        if unset:
+            raise BackendUnavailable(
+                f"Namespace {self.config.namespace} has no endpoint: set {', '.join(unset)} "
+                f"(its endpoint is {self.config.endpoint}).",
+                details={"namespace": self.config.namespace, "unset_variables": unset},
+            )
         url = expand_environment(self.config.endpoint).rstrip("/")
         if not url:
             raise BackendUnavailable(

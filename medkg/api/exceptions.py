@@ -70,8 +70,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             details = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
             return Response(error_body(code, "The request is invalid.", {"fields": details}), status=exc.status_code)
         response = Response(error_body(code, str(exc.detail)), status=exc.status_code)
-        if isinstance(exc, drf.Throttled) and exc.wait is not None:
-            response["Retry-After"] = str(int(exc.wait) + 1)
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, drf.Throttled) and wait is not None:
+            response["Retry-After"] = str(int(wait) + 1)
         return response
     # Anything else is a bug: log it with the request id, answer a JSON 500.
     log_event(

@@ -31,8 +31,13 @@ def principal_of(request: Request) -> TenantPrincipal:
     return principal
 
 
-def check_claimed_tenant(request: Request, claimed: str | None) -> None:
-    """A payload tenant_id, when present, must be the token's tenant."""
+def check_claimed_tenant(request: Request) -> None:
+    """A payload tenant_id, when present, must be the token's tenant.
+
+    Checked on the raw body before any other validation, so a swapped tenant id is refused,
+    counted and audited even when the rest of the payload is invalid too.
+    """
     principal = principal_of(request)
+    claimed = request.data.get("tenant_id") if isinstance(request.data, dict) else None
     if claimed is not None and claimed != principal.tenant_slug:
         raise AccessRefused("tenant_mismatch", claimed_tenant=str(claimed)[:200])

