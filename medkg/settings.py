@@ -107,7 +107,9 @@ try:
     DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'medkg.sqlite3'}")}
 except (ImproperlyConfigured, ValueError, KeyError) as error:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {error}") from error
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+# Persistent connections: a PostgreSQL handshake per request would cost more than the request's queries.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -167,6 +169,8 @@ MEDKG_MAX_REQUEST_BYTES = positive_int("MEDKG_MAX_REQUEST_BYTES", 4 * 1024 * 102
 MEDKG_MAX_TEXT_CHARS = positive_int("MEDKG_MAX_TEXT_CHARS", 100_000)
 MEDKG_PRELOAD_MODELS = env.bool("MEDKG_PRELOAD_MODELS", default=False)
 MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", default=30.0)
+# torch sizes its thread pool from the host's cores, not a container's CPU limit: set this to the limit.
+MEDKG_TORCH_THREADS = env.int("MEDKG_TORCH_THREADS", default=0) or None
 VLLM_URL = env.str("VLLM_URL", default="")
 VLLM_API_KEY = secret("VLLM_API_KEY", "") or ""
 OPENSEARCH_URL = env.str("OPENSEARCH_URL", default="")

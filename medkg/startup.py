@@ -18,6 +18,7 @@ def preload_default_provider() -> None:
     from django.db import DatabaseError
 
     from embeddings.providers.registry import provider_for
+    from embeddings.services import texts_check_budget
     from namespaces.models import Namespace
 
     try:
@@ -29,4 +30,6 @@ def preload_default_provider() -> None:
         log_event(logger, "preload_skipped", logging.WARNING, reason="default namespace not synced")
         return
     readiness = provider_for(namespace).readiness()
+    if readiness.ready:
+        texts_check_budget(namespace=namespace, texts=["warm-up"])  # loads the budget tokenizer too
     log_event(logger, "preload_done", namespace=namespace.name, ready=readiness.ready, detail=readiness.detail)

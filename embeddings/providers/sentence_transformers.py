@@ -30,7 +30,12 @@ def _load_model(path: str, device: str, max_seq_length: int) -> tuple[Any, threa
     key = (path, device, max_seq_length)
     with _models_lock:
         if key not in _models:
+            import torch
+            from django.conf import settings
             from sentence_transformers import SentenceTransformer
+
+            if settings.MEDKG_TORCH_THREADS:
+                torch.set_num_threads(settings.MEDKG_TORCH_THREADS)
 
             try:
                 model = SentenceTransformer(path, device=device, local_files_only=True)
