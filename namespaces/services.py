@@ -160,30 +160,36 @@ def access_refusal_record(
         client_address=context.client_address,
         detail=_storable(detail, 500),
     )
-    log_event(
-        logger,
-        "namespace_access",
+    _access_log(
         logging.WARNING,
         outcome="refused",
         reason=reason,
+        context=context,
         token_tenant=token_tenant,
         claimed_tenant=claimed_tenant,
         namespace=namespace,
-        endpoint=context.endpoint,
-        request_id=context.request_id,
-        client_address=context.client_address,
     )
     return event
 
 
 def access_grant_log(*, context: AccessContext, tenant: str, namespace: str) -> None:
-    log_event(
-        logger,
-        "namespace_access",
+    _access_log(
+        logging.INFO,
         outcome="allowed",
+        context=context,
         token_tenant=tenant,
         claimed_tenant=tenant,
         namespace=namespace,
+    )
+
+
+def _access_log(level: int, *, context: AccessContext, **fields: str) -> None:
+    """The runbook's structured `namespace_access` line, for allowed and refused requests alike."""
+    log_event(
+        logger,
+        "namespace_access",
+        level,
+        **fields,
         endpoint=context.endpoint,
         request_id=context.request_id,
         client_address=context.client_address,

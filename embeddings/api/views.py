@@ -18,11 +18,9 @@ from embeddings.api.serializers import (
 )
 from embeddings.metrics import request_observed
 from embeddings.services import EmbeddingBatch, embeddings_compute
-from medkg.api.access import access_context_of
-from medkg.api.permissions import check_claimed_tenant, principal_of
+from medkg.api.access import namespace_granted
+from medkg.api.permissions import check_claimed_tenant
 from medkg.errors import InvalidRequest
-from namespaces.selectors import namespace_get_for_tenant
-from namespaces.services import access_grant_log
 
 
 class EmbedView(APIView):
@@ -34,9 +32,7 @@ class EmbedView(APIView):
         payload = EmbedInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        principal = principal_of(request)
-        namespace = namespace_get_for_tenant(name=data["namespace"], tenant=principal.tenant, scope=self.required_scope)
-        access_grant_log(context=access_context_of(request), tenant=principal.tenant_slug, namespace=namespace.name)
+        namespace = namespace_granted(request, name=data["namespace"], scope=self.required_scope)
         options = data.get("options") or {}
         with request_observed(namespace=namespace.name, endpoint="embed"):
             batch = embeddings_compute(
@@ -78,9 +74,7 @@ class OpenAIEmbeddingsView(APIView):
         payload = OpenAIEmbeddingsInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        principal = principal_of(request)
-        namespace = namespace_get_for_tenant(name=data["model"], tenant=principal.tenant, scope=self.required_scope)
-        access_grant_log(context=access_context_of(request), tenant=principal.tenant_slug, namespace=namespace.name)
+        namespace = namespace_granted(request, name=data["model"], scope=self.required_scope)
         if "dimensions" in data and data["dimensions"] != namespace.dim:
             raise InvalidRequest(
                 f"Namespace {namespace.name} produces {namespace.dim} dimensions, not {data['dimensions']}.",

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from medkg.api.permissions import principal_of
 from medkg.middleware import client_address_of, request_id_of
-from namespaces.services import AccessContext
+from namespaces.models import Namespace
+from namespaces.selectors import namespace_get_for_tenant
+from namespaces.services import AccessContext, access_grant_log
 
 
 def endpoint_of(request: Any) -> str:
@@ -20,3 +23,11 @@ def access_context_of(request: Any) -> AccessContext:
         request_id=request_id_of(request),
         client_address=client_address_of(request),
     )
+
+
+def namespace_granted(request: Any, *, name: str, scope: str) -> Namespace:
+    """The namespace the caller's tenant may use with `scope` (AccessRefused otherwise), logged as access."""
+    principal = principal_of(request)
+    namespace = namespace_get_for_tenant(name=name, tenant=principal.tenant, scope=scope)
+    access_grant_log(context=access_context_of(request), tenant=principal.tenant_slug, namespace=namespace.name)
+    return namespace

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from embeddings.metrics import request_observed
 from embeddings.services import TokenCheck, texts_check_budget
-from medkg.api.access import access_context_of
+from medkg.api.access import namespace_granted
 from medkg.api.permissions import check_claimed_tenant, principal_of
 from namespaces.api.serializers import (
     NamespaceInfoSerializer,
@@ -17,8 +17,7 @@ from namespaces.api.serializers import (
     ValidateInputSerializer,
     ValidateOutputSerializer,
 )
-from namespaces.selectors import namespace_get_for_tenant, namespace_list_for_tenant
-from namespaces.services import access_grant_log
+from namespaces.selectors import namespace_list_for_tenant
 
 _NEAR_BUDGET = 0.9
 
@@ -55,9 +54,7 @@ class NamespaceValidateView(APIView):
         check_claimed_tenant(request)
         payload = ValidateInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        principal = principal_of(request)
-        found = namespace_get_for_tenant(name=namespace, tenant=principal.tenant, scope=self.required_scope)
-        access_grant_log(context=access_context_of(request), tenant=principal.tenant_slug, namespace=found.name)
+        found = namespace_granted(request, name=namespace, scope=self.required_scope)
         with request_observed(namespace=found.name, endpoint="namespace_validate"):
             checks = texts_check_budget(namespace=found, texts=payload.validated_data["texts"])
         return Response(
