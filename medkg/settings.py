@@ -49,8 +49,9 @@ _secret_key = secret("SECRET_KEY")
 if not _secret_key:
     if not DEBUG and env.bool("MEDKG_REQUIRE_SECRET_KEY", default=False):
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set in production")
-    # Embedded/dev default: stable per checkout so tokens survive restarts, never used in production.
-    _secret_key = "medkg-insecure-development-key-" + "0" * 32
+    # Embedded/dev default, stable so tokens survive restarts. The django-insecure- prefix makes
+    # `manage.py check --deploy` fail (security.W009) wherever it would reach production.
+    _secret_key = "django-insecure-medkg-development-key-not-for-production"
 SECRET_KEY: str = _secret_key
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
