@@ -46,10 +46,10 @@ class TokenCheck:
     exceeds_budget: bool
 
 
-def namespace_check_usable(*, namespace: Namespace, dense_only: bool = True) -> None:
+def namespace_check_usable(*, namespace: Namespace) -> None:
     if not namespace.enabled:
         raise NamespaceDisabled(f"Namespace {namespace.name} is disabled.", details={"namespace": namespace.name})
-    if dense_only and namespace.kind != NamespaceKind.SINGLE_VECTOR:
+    if namespace.kind != NamespaceKind.SINGLE_VECTOR:
         raise UnsupportedNamespaceKind(
             f"Namespace {namespace.name} is {namespace.kind}; this endpoint serves single_vector namespaces.",
             details={"namespace": namespace.name, "kind": namespace.kind},

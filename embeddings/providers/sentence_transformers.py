@@ -54,6 +54,9 @@ class SentenceTransformersProvider(EmbeddingProvider):
         super().__init__(config)
         if not config.model_path:
             raise BackendUnavailable(f"Namespace {config.namespace} has no model_path.")
+        # Resolved once: the path lookup, device probe and module scan stay off the request path.
+        # A failed load is not kept, so the next request retries it.
+        self._loaded: tuple[Any, threading.Lock, bool] | None = None
 
     def _device(self) -> str:
         wanted = self.config.parameter("device")
@@ -66,14 +69,19 @@ class SentenceTransformersProvider(EmbeddingProvider):
             return "cuda"
         return str(wanted or ("cuda" if _cuda_available() else "cpu"))
 
-    def _model(self) -> tuple[Any, threading.Lock]:
-        path = str(resolve_local_path(self.config.model_path))
-        return _load_model(path, self._device(), self.config.max_tokens)
+    def _model(self) -> tuple[Any, threading.Lock, bool]:
+        if self._loaded is None:
+            from sentence_transformers.models import Normalize
+
+            path = str(resolve_local_path(self.config.model_path))
+            model, lock = _load_model(path, self._device(), self.config.max_tokens)
+            self._loaded = (model, lock, any(isinstance(module, Normalize) for module in model))
+        return self._loaded
 
     def embed(self, texts: Sequence[str], *, normalize: bool, truncate: bool) -> np.ndarray:
         # Truncation to max_tokens is what the model does anyway (max_seq_length); the service
         # refuses over-budget texts before we get here unless the caller asked for truncation.
-        model, lock = self._model()
+        model, lock, _ = self._model()
         with lock:
             vectors = model.encode(
                 list(texts),
@@ -85,14 +93,11 @@ class SentenceTransformersProvider(EmbeddingProvider):
         return np.asarray(vectors, dtype=np.float32)
 
     def always_normalizes(self) -> bool:
-        from sentence_transformers.models import Normalize
-
-        model, _ = self._model()
-        return any(isinstance(module, Normalize) for module in model)
+        return self._model()[2]
 
     def readiness(self) -> Readiness:
         try:
-            model, _ = self._model()
+            model, _, _ = self._model()
         except (BackendUnavailable, GpuUnavailable) as error:
             return Readiness(False, error.message)
         return Readiness(True, f"loaded on {model.device}")
