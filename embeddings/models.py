@@ -1,0 +1,145 @@
+"""What is indexed, the ingestion jobs that index it, and retrieval-quality baselines.
+
+The database is the source of truth: every vector in a store can be rebuilt from `Document` rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from namespaces.models import Namespace, Tenant
+
+
+class Document(models.Model):
+    """One document of one tenant in one namespace; its vector is kept so an index can be rebuilt without the model.
+
+    `version` moves on every change of text; the store holds the document once `indexed_version == version`.
+    `deleted_at` hides a document at once; the row goes when the delete has reached the store.
+    """
+
+    id = models.BigAutoField(primary_key=True)  # also the label of the vector in the store
+    namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="documents")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="documents")
+    external_id = models.CharField(max_length=256)
+    text = models.TextField()
+    text_hash = models.CharField(max_length=64, help_text="sha256 of the text")
+    metadata = models.JSONField(default=dict, blank=True)
+    vector = models.BinaryField(null=True, blank=True, help_text="float32 little-endian, namespace dim")
+    version = models.PositiveIntegerField(default=1)
+    indexed_version = models.PositiveIntegerField(default=0)
+    job = models.ForeignKey("IngestionJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="documents")
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["namespace", "tenant", "external_id"], name="document_unique_per_tenant"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["namespace", "tenant"],
+                condition=Q(deleted_at__isnull=False),
+                name="document_pending_delete",
+            ),
+            models.Index(fields=["job", "indexed_version"], name="document_job_progress"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.namespace_id}/{self.tenant_id}/{self.external_id}"
+
+    @property
+    def is_indexed(self) -> bool:
+        return self.indexed_version == self.version
+
+
+class JobKind(models.TextChoices):
+    UPSERT = "upsert"
+    DELETE = "delete"
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued"
+    PAUSED = "paused"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+UNFINISHED_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.PAUSED, JobStatus.RUNNING)
+
+
+class IngestionJob(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="ingestion_jobs")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ingestion_jobs")
+    kind = models.CharField(max_length=10, choices=JobKind.choices, default=JobKind.UPSERT)
+    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    processed = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Times a worker started on it")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} ({self.status})"
+
+
+class IngestionSwitch(models.Model):
+    """The persisted pause switch. A row without namespace pauses every namespace."""
+
+    namespace = models.OneToOneField(
+        Namespace, null=True, blank=True, on_delete=models.CASCADE, related_name="ingestion_switch"
+    )
+    paused = models.BooleanField(default=False)
+    reason = models.CharField(max_length=500, blank=True)
+    changed_by = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["paused"], condition=Q(namespace__isnull=True), name="one_global_switch"),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.namespace.name if self.namespace else "all namespaces"
+        return f"{scope}: {'paused' if self.paused else 'running'}"
+
+
+class EvaluationRun(models.Model):
+    """A retrieval-quality measurement; the latest run of a namespace is the baseline for rollback triggers."""
+
+    namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="evaluation_runs")
+    model_version = models.CharField(max_length=100, blank=True)
+    dataset = models.CharField(max_length=200, help_text="Dataset name, e.g. scifact")
+    dataset_path = models.CharField(max_length=500, blank=True)
+    metrics = models.JSONField(default=dict, help_text='e.g. {"ndcg_at_10": 0.6451, "recall_at_10": 0.7833}')
+    queries = models.PositiveIntegerField(default=0)
+    documents = models.PositiveIntegerField(default=0)
+    duration_seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        get_latest_by = "created_at"
+
+    def __str__(self) -> str:
+        ndcg = self.metrics.get("ndcg_at_10")
+        return f"{self.namespace.name} on {self.dataset}: nDCG@10 {ndcg}"
+
+    @property
+    def ndcg_at_10(self) -> float | None:
+        return self.metrics.get("ndcg_at_10")
+
+    @property
+    def recall_at_10(self) -> float | None:
+        return self.metrics.get("recall_at_10")

@@ -1,0 +1,121 @@
+"""The vector-store interface and the value types it speaks.
+
+A store holds the vectors of one namespace, partitioned by tenant. Labels are `Document` primary keys:
+the database says what a label means, the store only finds labels near a query vector.
+Stores raise only the project's errors (DimensionMismatch, BackendUnavailable, BackendError).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medkg.errors import DimensionMismatch
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """What a store needs from its namespace; frozen and hashable so stores can be cached per configuration."""
+
+    namespace: str
+    dim: int
+    backend: str  # "faiss" or "opensearch"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 64
+    use_gpu: bool = False
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    label: int  # Document.id
+    vector: np.ndarray  # (dim,) float32
+    external_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    label: int
+    score: float
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    tenant: str
+    vectors: int  # live vectors
+    tombstones: int  # dead slots not yet compacted away
+    bytes_on_disk: int
+
+
+class VectorStore(ABC):
+    """Vectors of one namespace, one partition per tenant. Shared by threads: implementations are thread-safe."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def upsert(self, *, tenant: str, items: Sequence[StoredVector]) -> int:
+        """Add or replace vectors by label; returns how many were written. Durable when it returns."""
+
+    @abstractmethod
+    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
+        """Remove vectors by label; unknown labels are ignored. Returns how many were removed."""
+
+    @abstractmethod
+    def search(
+        self,
+        *,
+        tenant: str,
+        query: np.ndarray,
+        k: int,
+        allowed_labels: Sequence[int] | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """The k nearest live labels of `tenant` by inner product, best first.
+
+        `allowed_labels` restricts the search to those labels (metadata filters resolved by the database);
+        stores that index metadata themselves take `filters` instead and apply them inside the query.
+        """
+
+    @abstractmethod
+    def count(self, *, tenant: str) -> int:
+        """Live vectors of `tenant`."""
+
+    @abstractmethod
+    def labels(self, *, tenant: str) -> set[int]:
+        """Live labels of `tenant` (reconciliation and tests)."""
+
+    @abstractmethod
+    def drop(self, *, tenant: str | None = None) -> None:
+        """Remove the index of `tenant`, or of every tenant of the namespace."""
+
+    def stats(self) -> list[StoreStats]:
+        """Per-tenant sizes, for gauges and the admin."""
+        return []
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, ""
+
+    # Shared checks: every write and read goes through these.
+    def check_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.config.dim:
+            got = vectors.shape[-1] if vectors.ndim else 0
+            raise DimensionMismatch(
+                f"Namespace {self.config.namespace} stores {self.config.dim}-dimensional vectors, got {got}.",
+                details={"namespace": self.config.namespace, "expected": self.config.dim, "got": int(got)},
+            )
+        if not np.isfinite(vectors).all():
+            raise DimensionMismatch(
+                f"Vectors for {self.config.namespace} contain NaN or infinity.",
+                details={"namespace": self.config.namespace},
+            )
+        return vectors
+
+    def check_query(self, query: np.ndarray) -> np.ndarray:
+        return self.check_vectors(np.asarray(query, dtype=np.float32).reshape(1, -1))
