@@ -63,3 +63,39 @@ def request_observed(*, namespace: str, endpoint: str) -> Iterator[Observation]:
     finally:
         REQUEST_LATENCY.labels(namespace=namespace, endpoint=endpoint).observe(time.perf_counter() - started)
         REQUESTS.labels(namespace=namespace, endpoint=endpoint, outcome=observation.outcome).inc()
+
+
+# --- vector stores and ingestion ---
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.08, 0.1, 0.2, 0.5, 1, 2.5)
+VECTOR_STORE_UPSERTED = Counter(
+    "embedding_vector_store_upserted",  # exported with _total: the runbook's embedding.vector_store.upserted
+    "Vectors written to a vector store, by namespace and store.",
+    ["namespace", "store"],
+)
+VECTOR_STORE_DELETED = Counter(
+    "embedding_vector_store_deleted",
+    "Vectors removed from a vector store, by namespace and store.",
+    ["namespace", "store"],
+)
+VECTOR_STORE_SEARCH_LATENCY = Histogram(
+    "embedding_vector_store_search_duration_seconds",
+    "Vector-store search latency (the store call only, no embedding), by namespace and store.",
+    ["namespace", "store"],
+    buckets=STORE_BUCKETS,
+)
+SEARCH_REQUEST_LATENCY = Histogram(
+    "embedding_search_duration_seconds",
+    "Search latency including the query embedding and the database lookups, by namespace and store.",
+    ["namespace", "store"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+INGESTION_DOCUMENTS = Counter(
+    "embedding_ingestion_documents_total",
+    "Documents handled by ingestion jobs, by namespace and outcome (indexed, unchanged, deleted, failed).",
+    ["namespace", "outcome"],
+)
+INGESTION_JOBS = Counter(
+    "embedding_ingestion_jobs_total",
+    "Ingestion jobs finished, by namespace, kind and status.",
+    ["namespace", "kind", "status"],
+)

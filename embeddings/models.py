@@ -82,6 +82,7 @@ class IngestionJob(models.Model):
     processed = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Times a worker started on it")
+    worker = models.CharField(max_length=200, blank=True, help_text="Celery node that ran it last")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -103,6 +103,8 @@ class AccessRefused(MedkgError):
         # Missing and not granted look the same from outside: existence is a secret.
         "namespace_not_granted": (404, "namespace_not_found", "Namespace not found."),
         "namespace_unknown": (404, "namespace_not_found", "Namespace not found."),
+        "job_not_owned": (404, "job_not_found", "Job not found."),
+        "job_unknown": (404, "job_not_found", "Job not found."),
     }
 
     def __init__(self, reason: str, *, namespace: str = "", claimed_tenant: str = "", detail: str = "") -> None:

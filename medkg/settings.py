@@ -176,6 +176,18 @@ VLLM_URL = env.str("VLLM_URL", default="")
 VLLM_API_KEY = secret("VLLM_API_KEY", "") or ""
 OPENSEARCH_URL = env.str("OPENSEARCH_URL", default="")
 FAISS_DATA_DIR = Path(env.str("FAISS_DATA_DIR", default=str(VAR_DIR / "faiss")))
+# faiss (embedded) unless OpenSearch is configured; a namespace may pick its own with `parameters.store`.
+MEDKG_VECTOR_STORE = env.str("MEDKG_VECTOR_STORE", default="opensearch" if OPENSEARCH_URL else "faiss")
+if MEDKG_VECTOR_STORE not in {"faiss", "opensearch"}:
+    raise ImproperlyConfigured(f"MEDKG_VECTOR_STORE must be faiss or opensearch, not {MEDKG_VECTOR_STORE!r}")
+MEDKG_MAX_DOCUMENTS_PER_REQUEST = positive_int("MEDKG_MAX_DOCUMENTS_PER_REQUEST", 1000)
+MEDKG_MAX_SEARCH_K = positive_int("MEDKG_MAX_SEARCH_K", 1000)
+# Documents embedded and written to the store per step of an ingestion job (one durable index write per step).
+MEDKG_INGESTION_STEP = positive_int("MEDKG_INGESTION_STEP", 256)
+# Without a broker: run ingestion jobs in a background thread (the default) or inline in the request ("inline").
+MEDKG_INGESTION_LOCAL_MODE = env.str("MEDKG_INGESTION_LOCAL_MODE", default="thread")
+if MEDKG_INGESTION_LOCAL_MODE not in {"thread", "inline"}:
+    raise ImproperlyConfigured("MEDKG_INGESTION_LOCAL_MODE must be thread or inline")
 REDIS_URL = env.str("REDIS_URL", default="")
 
 # --- Celery: eager (in-process) unless a broker is configured ---
@@ -185,6 +197,11 @@ CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "medkg"
+# Redis redelivers an unacknowledged task (a worker killed mid-job) after this many seconds; a restarted worker
+# also re-queues unfinished jobs itself at start, so this is the slow path.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
+CELERY_WORKER_METRICS_PORT = env.int("CELERY_WORKER_METRICS_PORT", default=0)  # 0: no metrics endpoint
 
 # --- caches: Redis when configured, else local memory ---
 CACHES = {

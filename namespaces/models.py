@@ -115,6 +115,8 @@ class AccessRefusalReason(models.TextChoices):
     TENANT_MISMATCH = "tenant_mismatch"
     NAMESPACE_NOT_GRANTED = "namespace_not_granted"
     NAMESPACE_UNKNOWN = "namespace_unknown"
+    JOB_NOT_OWNED = "job_not_owned"
+    JOB_UNKNOWN = "job_unknown"
 
 
 class AccessAuditEvent(models.Model):

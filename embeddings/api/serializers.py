@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -116,3 +117,155 @@ class OpenAIEmbeddingsOutputSerializer(serializers.Serializer):
     data = OpenAIEmbeddingItemSerializer(many=True)  # type: ignore[assignment]  # OpenAI's field name
     model = serializers.CharField()
     usage = UsageSerializer()
+
+
+# --- documents, jobs and search ---
+
+MAX_METADATA_BYTES = 16 * 1024
+METADATA_SCALARS = (str, int, float, bool)
+
+
+def _reject_nul(value: Any, where: str) -> None:
+    """PostgreSQL text and jsonb cannot hold NUL: refuse it here rather than fail at the database."""
+    if isinstance(value, str) and "\x00" in value:
+        raise serializers.ValidationError(f"{where} contains a NUL character.")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(key, where)
+            _reject_nul(item, where)
+    if isinstance(value, list):
+        for item in value:
+            _reject_nul(item, where)
+
+
+class MetadataField(serializers.DictField):
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("Must be an object.")
+        _reject_nul(data, "metadata")
+        try:
+            size = len(orjson.dumps(data))
+        except (TypeError, orjson.JSONEncodeError) as error:
+            raise serializers.ValidationError(f"Not JSON: {error}") from error
+        if size > MAX_METADATA_BYTES:
+            raise serializers.ValidationError(f"metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}.")
+        return data
+
+
+class DocumentInputSerializer(NoUnknownFieldsSerializer):
+    id = StrictCharField(max_length=256, allow_blank=False, trim_whitespace=False)
+    text = StrictCharField(allow_blank=False, trim_whitespace=False, max_length=settings.MEDKG_MAX_TEXT_CHARS)
+    metadata = MetadataField(required=False, default=dict)
+
+    def validate_id(self, value: str) -> str:
+        _reject_nul(value, "id")
+        return value
+
+    def validate_text(self, value: str) -> str:
+        _reject_nul(value, "text")
+        if not value.strip():
+            raise serializers.ValidationError("text is blank.")
+        return value
+
+
+def check_document_count(count: int) -> None:
+    limit = settings.MEDKG_MAX_DOCUMENTS_PER_REQUEST
+    if count > limit:
+        raise PayloadTooLarge(f"{count} documents in one request; the limit is {limit}.", details={"limit": limit})
+
+
+class DocumentsField(serializers.ListField):
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if isinstance(data, list):
+            check_document_count(len(data))
+        return super().to_internal_value(data)  # type: ignore[no-any-return]
+
+
+class DocumentsUpsertInputSerializer(NoUnknownFieldsSerializer):
+    tenant_id = StrictCharField(max_length=200, help_text="Must equal the token's tenant.")
+    documents = DocumentsField(
+        child=DocumentInputSerializer(), allow_empty=False, max_length=settings.MEDKG_MAX_DOCUMENTS_PER_REQUEST
+    )
+
+
+class DocumentIdsField(serializers.ListField):
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if isinstance(data, list):
+            check_document_count(len(data))
+        values = super().to_internal_value(data)
+        for value in values:
+            _reject_nul(value, "ids")
+        return values  # type: ignore[no-any-return]
+
+
+class DocumentsDeleteInputSerializer(NoUnknownFieldsSerializer):
+    tenant_id = StrictCharField(max_length=200, help_text="Must equal the token's tenant.")
+    ids = DocumentIdsField(
+        child=StrictCharField(max_length=256, allow_blank=False, trim_whitespace=False),
+        allow_empty=False,
+        max_length=settings.MEDKG_MAX_DOCUMENTS_PER_REQUEST,
+    )
+
+
+class JobAcceptedOutputSerializer(serializers.Serializer):
+    job_id = serializers.UUIDField()
+    status = serializers.CharField()
+    accepted = serializers.IntegerField()
+    status_url = serializers.CharField()
+
+
+class JobOutputSerializer(serializers.Serializer):
+    job_id = serializers.UUIDField(source="pk")
+    namespace = serializers.CharField(source="namespace.name")
+    kind = serializers.CharField()
+    status = serializers.CharField()
+    total = serializers.IntegerField()
+    processed = serializers.IntegerField()
+    error = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class FilterValueField(serializers.Field):
+    def to_internal_value(self, data: Any) -> Any:
+        values = data if isinstance(data, list) else [data]
+        if not values or len(values) > 100 or not all(isinstance(value, METADATA_SCALARS) for value in values):
+            raise serializers.ValidationError("A filter value is a string, number, boolean or a list of up to 100.")
+        _reject_nul(values, "filters")
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class SearchInputSerializer(NoUnknownFieldsSerializer):
+    tenant_id = StrictCharField(max_length=200, help_text="Must equal the token's tenant.")
+    query = StrictCharField(allow_blank=False, trim_whitespace=False, max_length=settings.MEDKG_MAX_TEXT_CHARS)
+    k = serializers.IntegerField(min_value=1, max_value=settings.MEDKG_MAX_SEARCH_K, default=10)
+    filters = serializers.DictField(child=FilterValueField(), required=False, default=dict)
+
+    def validate_query(self, value: str) -> str:
+        _reject_nul(value, "query")
+        return value
+
+    def validate_filters(self, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > 20:
+            raise serializers.ValidationError("At most 20 filter keys.")
+        for key in value:
+            if not key or "__" in key or len(key) > 64 or "\x00" in key:
+                raise serializers.ValidationError(f"{key[:64]!r} is not a metadata key (1-64 characters, no '__').")
+        return value
+
+
+class SearchHitOutputSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    score = serializers.FloatField()
+    metadata = serializers.DictField()
+
+
+class SearchOutputSerializer(serializers.Serializer):
+    namespace = serializers.CharField()
+    model = serializers.CharField()
+    model_version = serializers.CharField()
+    hits = SearchHitOutputSerializer(many=True)

@@ -1,0 +1,372 @@
+"""Ingestion services: accept documents, run jobs that embed and index them, delete, pause and resume.
+
+Order of a step, so that a crash anywhere loses nothing and indexes nothing twice:
+  1. embed the documents that have no vector yet, store the vectors on their rows (committed);
+  2. write the vectors to the store (durable when `upsert` returns; a label already there is replaced);
+  3. mark the rows indexed (`indexed_version = version`, only if the text did not change meanwhile).
+A job killed between 2 and 3 runs step 2 again for those rows: the store replaces, never duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from uuid import UUID
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, close_old_connections, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from embeddings import metrics
+from embeddings.models import (
+    UNFINISHED_JOB_STATUSES,
+    Document,
+    IngestionJob,
+    IngestionSwitch,
+    JobKind,
+    JobStatus,
+)
+from embeddings.services import embeddings_compute, namespace_check_usable
+from embeddings.stores.base import StoredVector
+from embeddings.stores.registry import store_for
+from medkg.errors import BackendUnavailable, MedkgError
+from medkg.logging import log_event
+from namespaces.models import Namespace, Tenant
+
+logger = logging.getLogger("medkg.embeddings.ingestion")
+
+_local_executor: ThreadPoolExecutor | None = None
+_local_executor_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class IncomingDocument:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def vector_to_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def vector_from_bytes(data: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype="<f4")
+
+
+# --- the pause switch ---
+
+
+def ingestion_is_paused(*, namespace: Namespace | None = None) -> bool:
+    scope = Q(namespace__isnull=True) if namespace is None else Q(namespace__isnull=True) | Q(namespace=namespace)
+    return IngestionSwitch.objects.filter(scope, paused=True).exists()
+
+
+def ingestion_pause(*, namespace: Namespace | None = None, reason: str = "", changed_by: str = "") -> IngestionSwitch:
+    """Persist the pause. Running jobs stop after their current step; new documents are accepted and wait."""
+    switch, _ = IngestionSwitch.objects.update_or_create(
+        namespace=namespace, defaults={"paused": True, "reason": reason, "changed_by": changed_by}
+    )
+    log_event(logger, "ingestion_paused", namespace=namespace.name if namespace else "*", reason=reason)
+    return switch
+
+
+def ingestion_resume(*, namespace: Namespace | None = None, changed_by: str = "") -> list[IngestionJob]:
+    """Lift the pause and queue every job that waited. Returns the jobs queued again."""
+    IngestionSwitch.objects.filter(namespace=namespace).update(paused=False, changed_by=changed_by)
+    log_event(logger, "ingestion_resumed", namespace=namespace.name if namespace else "*")
+    return ingestion_requeue(namespace=namespace, statuses=(JobStatus.QUEUED, JobStatus.PAUSED))
+
+
+def ingestion_requeue(
+    *, namespace: Namespace | None = None, statuses: Sequence[str] = UNFINISHED_JOB_STATUSES, worker: str = ""
+) -> list[IngestionJob]:
+    """Queue unfinished jobs again (after a pause, a lost broker message or a killed worker)."""
+    jobs = IngestionJob.objects.filter(status__in=list(statuses)).order_by("created_at")
+    if namespace is not None:
+        jobs = jobs.filter(namespace=namespace)
+    if worker:
+        jobs = jobs.filter(worker=worker)
+    requeued = []
+    for job in jobs:
+        if ingestion_is_paused(namespace=job.namespace):
+            continue
+        IngestionJob.objects.filter(pk=job.pk, status__in=list(statuses)).update(status=JobStatus.QUEUED)
+        transaction.on_commit(partial(ingestion_dispatch, job_id=job.pk))
+        requeued.append(job)
+    return requeued
+
+
+def ingestion_status() -> dict[str, Any]:
+    switches = IngestionSwitch.objects.filter(paused=True).select_related("namespace")
+    jobs = {status: IngestionJob.objects.filter(status=status).count() for status in UNFINISHED_JOB_STATUSES}
+    pending = Document.objects.filter(deleted_at__isnull=True).exclude(indexed_version=F("version")).count()
+    return {
+        "paused": [switch.namespace.name if switch.namespace else "*" for switch in switches],
+        "jobs": jobs,
+        "pending_documents": pending,
+        "pending_deletes": Document.objects.filter(deleted_at__isnull=False).count(),
+    }
+
+
+# --- accepting work ---
+
+
+def documents_accept(*, namespace: Namespace, tenant: Tenant, documents: Sequence[IncomingDocument]) -> IngestionJob:
+    """Store the documents and queue a job that embeds and indexes them. Re-sending an id replaces it."""
+    namespace_check_usable(namespace=namespace)
+    store_for(namespace)  # an unusable store configuration is refused now, not in the worker
+    latest = {document.id: document for document in documents}  # the same id twice: the last one wins
+    for attempt in range(2):
+        try:
+            return _documents_accept_once(namespace, tenant, list(latest.values()))
+        except IntegrityError:
+            if attempt:  # a concurrent request inserted the same new id; the second pass sees its row
+                raise
+    raise AssertionError("unreachable")
+
+
+@transaction.atomic
+def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list[IncomingDocument]) -> IngestionJob:
+    paused = ingestion_is_paused(namespace=namespace)
+    job = IngestionJob.objects.create(
+        namespace=namespace,
+        tenant=tenant,
+        kind=JobKind.UPSERT,
+        total=len(documents),
+        status=JobStatus.PAUSED if paused else JobStatus.QUEUED,
+    )
+    existing = {
+        row.external_id: row
+        for row in Document.objects.select_for_update().filter(
+            namespace=namespace, tenant=tenant, external_id__in=[document.id for document in documents]
+        )
+    }
+    created, changed = [], []
+    unchanged = 0
+    for incoming in documents:
+        digest = text_hash(incoming.text)
+        row = existing.get(incoming.id)
+        if row is None:
+            created.append(
+                Document(
+                    namespace=namespace,
+                    tenant=tenant,
+                    external_id=incoming.id,
+                    text=incoming.text,
+                    text_hash=digest,
+                    metadata=incoming.metadata,
+                    job=job,
+                )
+            )
+            continue
+        same_text = row.text_hash == digest and row.deleted_at is None
+        if same_text and row.is_indexed:
+            unchanged += 1  # metadata lives in the database only: nothing to embed or index
+        else:
+            row.job = job
+        if not same_text:
+            row.text, row.text_hash, row.vector = incoming.text, digest, None
+            row.version += 1
+            row.deleted_at = None
+        row.metadata = incoming.metadata
+        changed.append(row)
+    Document.objects.bulk_create(created, batch_size=500)
+    Document.objects.bulk_update(
+        changed, ["text", "text_hash", "vector", "version", "deleted_at", "metadata", "job"], batch_size=500
+    )
+    job.processed = unchanged
+    if unchanged == len(documents) and not paused:
+        job.status, job.finished_at = JobStatus.SUCCEEDED, timezone.now()
+    job.save(update_fields=["processed", "status", "finished_at"])
+    metrics.INGESTION_DOCUMENTS.labels(namespace=namespace.name, outcome="unchanged").inc(unchanged)
+    log_event(
+        logger,
+        "documents_accepted",
+        namespace=namespace.name,
+        tenant=tenant.slug,
+        job=str(job.pk),
+        documents=len(documents),
+        unchanged=unchanged,
+        paused=paused,
+    )
+    if job.status == JobStatus.QUEUED:
+        transaction.on_commit(lambda: ingestion_dispatch(job_id=job.pk))
+    return job
+
+
+@transaction.atomic
+def documents_delete(*, namespace: Namespace, tenant: Tenant, external_ids: Sequence[str]) -> IngestionJob:
+    """Hide the documents at once (search skips them) and queue the job that removes them from the store."""
+    paused = ingestion_is_paused(namespace=namespace)
+    ids = sorted(set(external_ids))
+    job = IngestionJob.objects.create(
+        namespace=namespace,
+        tenant=tenant,
+        kind=JobKind.DELETE,
+        total=len(ids),
+        status=JobStatus.PAUSED if paused else JobStatus.QUEUED,
+    )
+    found = Document.objects.filter(namespace=namespace, tenant=tenant, external_id__in=ids).update(
+        deleted_at=timezone.now(), job=job
+    )
+    job.processed = len(ids) - found  # ids that were never there are done already
+    job.save(update_fields=["processed"])
+    log_event(logger, "documents_delete_accepted", namespace=namespace.name, tenant=tenant.slug, job=str(job.pk))
+    if not paused:
+        transaction.on_commit(lambda: ingestion_dispatch(job_id=job.pk))
+    return job
+
+
+# --- running jobs ---
+
+
+def ingestion_dispatch(*, job_id: UUID) -> None:
+    """Run the job on a Celery worker when a broker is configured; otherwise in this process."""
+    if settings.CELERY_BROKER_URL:
+        from embeddings.tasks import ingestion_job_task
+
+        ingestion_job_task.delay(str(job_id))
+    elif settings.MEDKG_INGESTION_LOCAL_MODE == "inline":
+        ingestion_job_run(job_id=job_id)
+    else:
+        _executor().submit(_run_in_thread, job_id)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _local_executor
+    with _local_executor_lock:
+        if _local_executor is None:
+            # One thread: jobs of the embedded mode run in order, like a single worker.
+            _local_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medkg-ingestion")
+        return _local_executor
+
+
+def _run_in_thread(job_id: UUID) -> None:
+    close_old_connections()
+    try:
+        ingestion_job_run(job_id=job_id)
+    except Exception:
+        logger.exception("ingestion job %s failed", job_id)
+    finally:
+        close_old_connections()
+
+
+def ingestion_job_run(*, job_id: UUID | str, worker: str = "") -> str:
+    """Run (or continue) a job until done, paused or failed. Safe to call twice for the same job."""
+    job = IngestionJob.objects.select_related("namespace", "tenant").filter(pk=job_id).first()
+    if job is None or job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        return job.status if job else "missing"
+    if ingestion_is_paused(namespace=job.namespace):
+        _job_update(job, status=JobStatus.PAUSED)
+        return JobStatus.PAUSED
+    _job_update(
+        job,
+        status=JobStatus.RUNNING,
+        started_at=job.started_at or timezone.now(),
+        attempts=job.attempts + 1,
+        worker=worker,
+    )
+    log_event(logger, "ingestion_job_started", job=str(job.pk), namespace=job.namespace.name, kind=job.kind)
+    try:
+        finished = _delete_run(job) if job.kind == JobKind.DELETE else _upsert_run(job)
+    except BackendUnavailable as error:
+        _job_update(job, status=JobStatus.QUEUED, error=error.message)
+        raise  # the task retries later; the documents stay accepted
+    except MedkgError as error:
+        _job_finish(job, JobStatus.FAILED, error=f"{error.code}: {error.message}")
+        return JobStatus.FAILED
+    if not finished:
+        _job_update(job, status=JobStatus.PAUSED)
+        return JobStatus.PAUSED
+    _job_finish(job, JobStatus.SUCCEEDED)
+    return JobStatus.SUCCEEDED
+
+
+def _job_update(job: IngestionJob, **fields: Any) -> None:
+    for name, value in fields.items():
+        setattr(job, name, value)
+    IngestionJob.objects.filter(pk=job.pk).update(**fields, updated_at=timezone.now())
+
+
+def _job_finish(job: IngestionJob, status: str, error: str = "") -> None:
+    _job_update(job, status=status, error=error, finished_at=timezone.now())
+    metrics.INGESTION_JOBS.labels(namespace=job.namespace.name, kind=job.kind, status=status).inc()
+    log_event(
+        logger,
+        "ingestion_job_finished",
+        level=logging.WARNING if error else logging.INFO,
+        job=str(job.pk),
+        namespace=job.namespace.name,
+        status=status,
+        processed=job.processed,
+        total=job.total,
+        error=error,
+    )
+
+
+def _pending_of(job: IngestionJob) -> Any:
+    return Document.objects.filter(job=job, deleted_at__isnull=True).exclude(indexed_version=F("version"))
+
+
+def _upsert_run(job: IngestionJob) -> bool:
+    """Index the job's documents step by step. False when a pause stopped it."""
+    namespace, tenant = job.namespace, job.tenant
+    store = store_for(namespace)
+    while True:
+        if ingestion_is_paused(namespace=namespace):
+            return False
+        batch = list(_pending_of(job).order_by("pk")[: settings.MEDKG_INGESTION_STEP])
+        if not batch:
+            return True
+        _embed_missing(namespace, batch)
+        written = store.upsert(
+            tenant=tenant.slug,
+            items=[StoredVector(label=row.pk, vector=vector_from_bytes(row.vector)) for row in batch],
+        )
+        metrics.VECTOR_STORE_UPSERTED.labels(namespace=namespace.name, store=store.config.backend).inc(written)
+        for row in batch:  # only rows whose text did not change while we worked count as indexed
+            Document.objects.filter(pk=row.pk, version=row.version).update(indexed_version=row.version)
+        metrics.INGESTION_DOCUMENTS.labels(namespace=namespace.name, outcome="indexed").inc(written)
+        remaining = _pending_of(job).count()
+        _job_update(job, processed=max(job.total - remaining, 0))
+
+
+def _embed_missing(namespace: Namespace, batch: list[Document]) -> None:
+    missing = [row for row in batch if row.vector is None]
+    if not missing:
+        return
+    embedded = embeddings_compute(
+        namespace=namespace, texts=[row.text for row in missing], normalize=True, truncate=True
+    )
+    for row, vector in zip(missing, embedded.vectors, strict=True):
+        row.vector = vector_to_bytes(vector)
+        # Conditional: a newer text sent meanwhile keeps its empty vector and gets embedded by its own job.
+        Document.objects.filter(pk=row.pk, version=row.version).update(vector=row.vector)
+
+
+def _delete_run(job: IngestionJob) -> bool:
+    namespace = job.namespace
+    if ingestion_is_paused(namespace=namespace):
+        return False
+    labels = list(Document.objects.filter(job=job, deleted_at__isnull=False).values_list("pk", flat=True))
+    store = store_for(namespace)
+    removed = store.delete(tenant=job.tenant.slug, labels=labels)
+    metrics.VECTOR_STORE_DELETED.labels(namespace=namespace.name, store=store.config.backend).inc(removed)
+    # Rows re-sent after the delete was accepted have deleted_at cleared and belong to a newer job: kept.
+    Document.objects.filter(pk__in=labels, job=job, deleted_at__isnull=False).delete()
+    metrics.INGESTION_DOCUMENTS.labels(namespace=namespace.name, outcome="deleted").inc(len(labels))
+    _job_update(job, processed=job.total)
+    return True
