@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from django.conf import settings
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from medkg.errors import MedkgError
 
@@ -99,3 +101,40 @@ INGESTION_JOBS = Counter(
     "Ingestion jobs finished, by namespace, kind and status.",
     ["namespace", "kind", "status"],
 )
+
+
+class StoreStateCollector:
+    """Gauges read at scrape time from the database, so every process (web, worker) reports the same numbers."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from django.db import DatabaseError
+        from django.db.models import Count, F, Q
+
+        from embeddings.models import Document
+
+        queue = GaugeMetricFamily(
+            "embedding_ingestion_queue_depth",
+            "Documents accepted but not yet indexed (or not yet removed), by namespace.",
+            labels=["namespace"],
+        )
+        vectors = GaugeMetricFamily(
+            "embedding_vector_store_vectors",
+            "Live vectors indexed, by namespace and store.",
+            labels=["namespace", "store"],
+        )
+        try:
+            rows = Document.objects.values("namespace__name", "namespace__parameters").annotate(
+                waiting=Count("pk", filter=~Q(indexed_version=F("version")) | Q(deleted_at__isnull=False)),
+                indexed=Count("pk", filter=Q(indexed_version=F("version"), deleted_at__isnull=True)),
+            )
+            for row in rows:
+                store = (row["namespace__parameters"] or {}).get("store") or settings.MEDKG_VECTOR_STORE
+                queue.add_metric([row["namespace__name"]], row["waiting"])
+                vectors.add_metric([row["namespace__name"], store], row["indexed"])
+        except (DatabaseError, RuntimeError):  # no database (or none allowed): export the families empty
+            pass
+        yield queue
+        yield vectors
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # no scrape at registration time

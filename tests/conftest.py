@@ -102,6 +102,17 @@ class Api:
             "POST", path, data, content_type=extra.pop("content_type", "application/json"), **self._auth(token), **extra
         )
 
+    def delete(self, path: str, body: Any = None, *, token: str | None = None) -> Any:
+        return self.client.generic(
+            "DELETE", path, json.dumps(body), content_type="application/json", **self._auth(token)
+        )
+
+
+@pytest.fixture(autouse=True)
+def _faiss_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Indexes of a test live in its own folder, never in var/."""
+    settings.FAISS_DATA_DIR = tmp_path_factory.mktemp("faiss")
+
 
 @pytest.fixture
 def api() -> Api:

@@ -9,7 +9,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from medkg.api.fields import NoUnknownFieldsSerializer, StrictBooleanField, StrictCharField
+from medkg.api.fields import NoUnknownFieldsSerializer, StrictBooleanField, StrictCharField, StrictIntegerField
 from medkg.errors import PayloadTooLarge, UnsupportedInput
 
 
@@ -242,7 +242,7 @@ class FilterValueField(serializers.Field):
 class SearchInputSerializer(NoUnknownFieldsSerializer):
     tenant_id = StrictCharField(max_length=200, help_text="Must equal the token's tenant.")
     query = StrictCharField(allow_blank=False, trim_whitespace=False, max_length=settings.MEDKG_MAX_TEXT_CHARS)
-    k = serializers.IntegerField(min_value=1, max_value=settings.MEDKG_MAX_SEARCH_K, default=10)
+    k = StrictIntegerField(min_value=1, max_value=settings.MEDKG_MAX_SEARCH_K, default=10)
     filters = serializers.DictField(child=FilterValueField(), required=False, default=dict)
 
     def validate_query(self, value: str) -> str:

@@ -8,7 +8,7 @@ Stores raise only the project's errors (DimensionMismatch, BackendUnavailable, B
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +61,22 @@ class VectorStore(ABC):
     @abstractmethod
     def upsert(self, *, tenant: str, items: Sequence[StoredVector]) -> int:
         """Add or replace vectors by label; returns how many were written. Durable when it returns."""
+
+    def bulk_load(
+        self,
+        *,
+        tenant: str,
+        chunks: Iterable[Sequence[StoredVector]],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Upsert many chunks (bootstrap, rebuild). Stores that can make one durable write at the end override it."""
+        written = 0
+        for chunk in chunks:
+            count = self.upsert(tenant=tenant, items=chunk)
+            written += count
+            if on_progress:
+                on_progress(count)
+        return written
 
     @abstractmethod
     def delete(self, *, tenant: str, labels: Sequence[int]) -> int:

@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,22 +206,42 @@ class FaissStore(VectorStore):
     # Writes
 
     def upsert(self, *, tenant: str, items: Sequence[StoredVector]) -> int:
+        return self.bulk_load(tenant=tenant, chunks=[items])
+
+    def bulk_load(
+        self,
+        *,
+        tenant: str,
+        chunks: Iterable[Sequence[StoredVector]],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Add every chunk under one lock and write the file once at the end."""
+        written = 0
+        with self._writing(tenant) as partition:
+            for chunk in chunks:
+                count = self._add(partition, chunk)
+                written += count
+                if on_progress:
+                    on_progress(count)
+            if written:
+                self._compact_if_needed(tenant, partition)
+                self._persist(tenant, partition)
+        return written
+
+    def _add(self, partition: _Partition, items: Sequence[StoredVector]) -> int:
         latest = {item.label: item for item in items}  # the same label twice in one call: the last one wins
         if not latest:
             return 0
         vectors = self.check_vectors(np.stack([item.vector for item in latest.values()]))
         labels = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
-        with self._writing(tenant) as partition:
-            for label in labels.tolist():
-                self._kill(partition, label)
-            first_slot = partition.index.ntotal
-            partition.index.add(vectors)
-            partition.labels = np.concatenate([partition.labels, labels])
-            partition.alive = np.concatenate([partition.alive, np.ones(labels.size, dtype=bool)])
-            partition.position_of.update({label: first_slot + i for i, label in enumerate(labels.tolist())})
-            partition.bitmap = None
-            self._compact_if_needed(tenant, partition)
-            self._persist(tenant, partition)
+        for label in labels.tolist():
+            self._kill(partition, label)
+        first_slot = partition.index.ntotal
+        partition.index.add(vectors)
+        partition.labels = np.concatenate([partition.labels, labels])
+        partition.alive = np.concatenate([partition.alive, np.ones(labels.size, dtype=bool)])
+        partition.position_of.update({label: first_slot + i for i, label in enumerate(labels.tolist())})
+        partition.bitmap = None
         return int(labels.size)
 
     def delete(self, *, tenant: str, labels: Sequence[int]) -> int:

@@ -32,3 +32,12 @@ class NoUnknownFieldsSerializer(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError(dict.fromkeys((str(name)[:100] for name in unknown), "Unknown field."))
         return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "Must be an integer."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)  # type: ignore[no-any-return]

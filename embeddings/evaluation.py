@@ -1,0 +1,166 @@
+"""Retrieval evaluation on a BEIR-format dataset through the real ingestion and search paths.
+
+The corpus goes into a throwaway tenant with the same services the API uses, the queries go through
+`documents_search`, and the result is stored as an `EvaluationRun`: the baseline of the Recall@10 rollback trigger.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from embeddings.ingestion import IncomingDocument, documents_accept, ingestion_is_paused
+from embeddings.models import Document, EvaluationRun, IngestionJob, JobStatus
+from embeddings.selectors import documents_search
+from embeddings.stores.registry import store_for
+from medkg.errors import BackendError, InvalidRequest
+from medkg.logging import log_event
+from namespaces.models import Namespace, Tenant
+
+logger = logging.getLogger("medkg.embeddings.evaluation")
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass(frozen=True)
+class BeirDataset:
+    name: str
+    path: Path
+    corpus: list[IncomingDocument]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]  # query id -> {document id: relevance}
+
+
+def beir_load(path: Path) -> BeirDataset:
+    """corpus.jsonl, queries.jsonl and qrels/test.tsv; only queries with judgements are kept (as BEIR does)."""
+    path = Path(path)
+    try:
+        corpus = [
+            IncomingDocument(id=str(row["_id"]), text=f"{row.get('title', '')} {row['text']}".strip(), metadata={})
+            for row in _jsonl(path / "corpus.jsonl")
+        ]
+        qrels: dict[str, dict[str, int]] = {}
+        with open(path / "qrels" / "test.tsv", newline="") as handle:
+            for row in csv.DictReader(handle, delimiter="\t"):
+                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+        queries = {str(row["_id"]): row["text"] for row in _jsonl(path / "queries.jsonl") if str(row["_id"]) in qrels}
+    except (OSError, KeyError, ValueError) as error:
+        raise InvalidRequest(
+            f"{path} is not a BEIR dataset (corpus.jsonl, queries.jsonl, qrels/test.tsv): {error}"
+        ) from error
+    missing = sorted(set(qrels) - set(queries))
+    if missing:
+        raise InvalidRequest(f"{len(missing)} judged queries are missing from queries.jsonl, e.g. {missing[:3]}")
+    return BeirDataset(name=path.name, path=path, corpus=corpus, queries=queries, qrels=qrels)
+
+
+def _jsonl(path: Path) -> Iterator[dict[str, str]]:
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
+    gains = sum(relevant.get(doc, 0) / math.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
+    ideal = sum(gain / math.log2(rank + 2) for rank, gain in enumerate(sorted(relevant.values(), reverse=True)[:k]))
+    return gains / ideal if ideal else 0.0
+
+
+def recall_at_k(ranked: Sequence[str], relevant: dict[str, int], k: int) -> float:
+    judged = {doc for doc, grade in relevant.items() if grade > 0}
+    return len(judged & set(ranked[:k])) / len(judged) if judged else 0.0
+
+
+def retrieval_metrics(runs: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Mean over the judged queries (a query with nothing retrieved counts as 0)."""
+    count = len(qrels)
+    return {
+        "ndcg_at_10": sum(ndcg_at_k(runs.get(q, []), rel, 10) for q, rel in qrels.items()) / count,
+        "recall_at_10": sum(recall_at_k(runs.get(q, []), rel, 10) for q, rel in qrels.items()) / count,
+        "recall_at_100": sum(recall_at_k(runs.get(q, []), rel, 100) for q, rel in qrels.items()) / count,
+    }
+
+
+def retrieval_evaluate(
+    *,
+    namespace: Namespace,
+    dataset_path: Path,
+    progress: Progress | None = None,
+    keep_tenant: bool = False,
+    poll_seconds: float = 0.5,
+) -> EvaluationRun:
+    """Ingest the corpus into a throwaway tenant, run the judged queries, store and return the run."""
+    dataset = beir_load(dataset_path)
+    if ingestion_is_paused(namespace=namespace):
+        raise InvalidRequest(f"Ingestion is paused for {namespace.name}; resume it to evaluate.")
+    started = time.perf_counter()
+    tenant = Tenant.objects.create(slug=f"eval-{secrets.token_hex(4)}", name=f"evaluation on {dataset.name}")
+    if not namespace.allow_all_tenants:
+        namespace.allowed_tenants.add(tenant)
+    try:
+        _ingest(namespace, tenant, dataset, progress, poll_seconds)
+        runs: dict[str, list[str]] = {}
+        for done, (query_id, text) in enumerate(dataset.queries.items(), start=1):
+            hits = documents_search(namespace=namespace, tenant=tenant, query=text, k=100)
+            runs[query_id] = [hit.id for hit in hits]
+            if progress:
+                progress("search", done, len(dataset.queries))
+        metrics = retrieval_metrics(runs, dataset.qrels)
+        run = EvaluationRun.objects.create(
+            namespace=namespace,
+            model_version=namespace.model_version,
+            dataset=dataset.name,
+            dataset_path=str(dataset.path),
+            metrics={name: round(value, 6) for name, value in metrics.items()},
+            queries=len(dataset.queries),
+            documents=len(dataset.corpus),
+            duration_seconds=round(time.perf_counter() - started, 3),
+        )
+    finally:
+        if not keep_tenant:
+            _discard_tenant(namespace, tenant)
+    log_event(logger, "retrieval_evaluated", namespace=namespace.name, dataset=dataset.name, **run.metrics)
+    return run
+
+
+def _ingest(
+    namespace: Namespace, tenant: Tenant, dataset: BeirDataset, progress: Progress | None, poll_seconds: float
+) -> None:
+    step = settings.MEDKG_MAX_DOCUMENTS_PER_REQUEST  # the same request size the API accepts
+    jobs = []
+    for start in range(0, len(dataset.corpus), step):
+        with transaction.atomic():  # each chunk is dispatched on commit, as for an API request
+            jobs.append(
+                documents_accept(namespace=namespace, tenant=tenant, documents=dataset.corpus[start : start + step])
+            )
+    total = len(dataset.corpus)
+    while True:
+        states = list(
+            IngestionJob.objects.filter(pk__in=[job.pk for job in jobs]).values("status", "processed", "error")
+        )
+        failed = [state["error"] for state in states if state["status"] == JobStatus.FAILED]
+        if failed:
+            raise BackendError(f"Ingestion failed during the evaluation: {failed[0]}")
+        if progress:
+            progress("ingest", sum(state["processed"] for state in states), total)
+        if all(state["status"] == JobStatus.SUCCEEDED for state in states):
+            return
+        time.sleep(poll_seconds)
+
+
+def _discard_tenant(namespace: Namespace, tenant: Tenant) -> None:
+    store_for(namespace).drop(tenant=tenant.slug)
+    Document.objects.filter(tenant=tenant).delete()
+    IngestionJob.objects.filter(tenant=tenant).delete()
+    tenant.delete()

@@ -1,0 +1,38 @@
+"""manage.py bootstrap_faiss --namespace NS: create or load the namespace's index and fill it from the database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from embeddings.maintenance import index_bootstrap
+from embeddings.management.commands._common import ProgressBars, namespace_named
+from medkg.errors import MedkgError
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or load the HNSW index of a namespace (one per tenant, under FAISS_DATA_DIR) and make it hold "
+        "exactly the vectors stored in the database: missing ones are added, ones the database no longer has are "
+        "removed. Safe to run again. Exit code 1 on failure."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--namespace", required=True)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        namespace = namespace_named(options["namespace"])
+        with ProgressBars(self.stderr) as progress:
+            try:
+                report = index_bootstrap(namespace=namespace, progress=progress)
+            except MedkgError as error:
+                raise CommandError(f"{error.code}: {error.message}") from error
+        written = sum(report.tenants.values())
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{namespace.name}: {len(report.tenants)} tenant index(es), {written} vector(s) added, "
+                f"{report.removed} stale removed, {report.pending} document(s) still waiting for ingestion "
+                f"({report.seconds:.1f} s)"
+            )
+        )

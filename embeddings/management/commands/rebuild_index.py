@@ -1,0 +1,42 @@
+"""manage.py rebuild_index --namespace NS: pause ingestion, drop the index files, bootstrap, resume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from embeddings.maintenance import index_rebuild
+from embeddings.management.commands._common import ProgressBars, namespace_named
+from medkg.errors import MedkgError
+
+
+class Command(BaseCommand):
+    help = (
+        "Rebuild a namespace's vector index from the database in one step: pause its ingestion, wait for running "
+        "jobs to stop, drop every index of the namespace, bootstrap them again, resume ingestion (unless it was "
+        "paused before). Searches return nothing for the namespace while it runs. Asks for confirmation unless --yes."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--namespace", required=True)
+        parser.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+        parser.add_argument("--wait", type=float, default=300.0, help="Seconds to wait for running jobs (300).")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        namespace = namespace_named(options["namespace"])
+        if not options["yes"]:
+            answer = input(f"Drop and rebuild every index of {namespace.name}? Type the namespace name to go on: ")
+            if answer.strip() != namespace.name:
+                raise CommandError("Not confirmed; nothing was changed.")
+        with ProgressBars(self.stderr) as progress:
+            try:
+                report = index_rebuild(
+                    namespace=namespace, progress=progress, wait_seconds=options["wait"], changed_by="manage.py"
+                )
+            except MedkgError as error:
+                raise CommandError(f"{error.code}: {error.message}") from error
+        for step, seconds in report.steps.items():
+            self.stdout.write(f"{step}: {seconds:.2f} s")
+        written = sum(report.bootstrap.tenants.values())
+        self.stdout.write(self.style.SUCCESS(f"{namespace.name} rebuilt: {written} vector(s)"))
