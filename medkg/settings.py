@@ -175,6 +175,14 @@ MEDKG_TORCH_THREADS = env.int("MEDKG_TORCH_THREADS", default=0) or None
 VLLM_URL = env.str("VLLM_URL", default="")
 VLLM_API_KEY = secret("VLLM_API_KEY", "") or ""
 OPENSEARCH_URL = env.str("OPENSEARCH_URL", default="")
+# OpenSearch k-NN store: basic auth (or user:password@ in the URL), TLS verified unless switched off,
+# a private CA's bundle in OPENSEARCH_CA_CERTS. One index per namespace, named <prefix><namespace>.
+OPENSEARCH_USERNAME = env.str("OPENSEARCH_USERNAME", default="")
+OPENSEARCH_PASSWORD = secret("OPENSEARCH_PASSWORD", "") or ""
+OPENSEARCH_VERIFY_CERTS = env.bool("OPENSEARCH_VERIFY_CERTS", default=True)
+OPENSEARCH_CA_CERTS = env.str("OPENSEARCH_CA_CERTS", default="")
+OPENSEARCH_TIMEOUT_SECONDS = positive_int("OPENSEARCH_TIMEOUT_SECONDS", 10)
+OPENSEARCH_INDEX_PREFIX = env.str("OPENSEARCH_INDEX_PREFIX", default="medkg-")
 FAISS_DATA_DIR = Path(env.str("FAISS_DATA_DIR", default=str(VAR_DIR / "faiss")))
 # faiss (embedded) unless OpenSearch is configured; a namespace may pick its own with `parameters.store`.
 MEDKG_VECTOR_STORE = env.str("MEDKG_VECTOR_STORE", default="opensearch" if OPENSEARCH_URL else "faiss")
