@@ -173,14 +173,15 @@ def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list
             )
             continue
         same_text = row.text_hash == digest and row.deleted_at is None
-        if same_text and row.is_indexed:
-            unchanged += 1  # metadata lives in the database only: nothing to embed or index
-        else:
-            row.job = job
+        if same_text and row.metadata == incoming.metadata and row.is_indexed:
+            unchanged += 1
+            continue
+        row.job = job
         if not same_text:
             row.text, row.text_hash, row.vector = incoming.text, digest, None
-            row.version += 1
             row.deleted_at = None
+        if not same_text or row.metadata != incoming.metadata:
+            row.version += 1  # written to the store again (stores that index metadata need it); the vector is kept
         row.metadata = incoming.metadata
         changed.append(row)
     Document.objects.bulk_create(created, batch_size=500)
@@ -334,7 +335,7 @@ def _upsert_run(job: IngestionJob) -> bool:
         _embed_missing(namespace, batch)
         written = store.upsert(
             tenant=tenant.slug,
-            items=[StoredVector(label=row.pk, vector=vector_from_bytes(row.vector)) for row in batch],
+            items=[_stored(row) for row in batch],
         )
         metrics.VECTOR_STORE_UPSERTED.labels(namespace=namespace.name, store=store.config.backend).inc(written)
         for row in batch:  # only rows whose text did not change while we worked count as indexed
@@ -342,6 +343,13 @@ def _upsert_run(job: IngestionJob) -> bool:
         metrics.INGESTION_DOCUMENTS.labels(namespace=namespace.name, outcome="indexed").inc(written)
         remaining = _pending_of(job).count()
         _job_update(job, processed=max(job.total - remaining, 0))
+
+
+def _stored(row: Document) -> StoredVector:
+    assert row.vector is not None  # _embed_missing filled it
+    return StoredVector(
+        label=row.pk, vector=vector_from_bytes(row.vector), external_id=row.external_id, metadata=row.metadata
+    )
 
 
 def _embed_missing(namespace: Namespace, batch: list[Document]) -> None:

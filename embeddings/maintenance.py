@@ -40,9 +40,9 @@ def _with_vectors(namespace: Namespace, tenant: Tenant) -> QuerySet[Document]:
     ).order_by("pk")
 
 
-def _chunks(rows: QuerySet[Document], size: int, skip: set[int]) -> Iterator[list[tuple[int, int, Any]]]:
-    chunk: list[tuple[int, int, Any]] = []
-    for row in rows.values_list("pk", "version", "vector").iterator(chunk_size=size):
+def _chunks(rows: QuerySet[Document], size: int, skip: set[int]) -> Iterator[list[tuple[Any, ...]]]:
+    chunk: list[tuple[Any, ...]] = []
+    for row in rows.values_list("pk", "version", "vector", "external_id", "metadata").iterator(chunk_size=size):
         if row[0] in skip:
             continue
         chunk.append(row)
@@ -77,14 +77,17 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
             if progress:
                 progress(tenant_slug, done, total)
 
-        def stored(chunk: list[tuple[int, int, Any]]) -> list[StoredVector]:
-            return [StoredVector(label=pk, vector=vector_from_bytes(vector)) for pk, _, vector in chunk]
+        def stored(chunk: list[tuple[Any, ...]]) -> list[StoredVector]:
+            return [
+                StoredVector(label=pk, vector=vector_from_bytes(vector), external_id=external_id, metadata=metadata)
+                for pk, _, vector, external_id, metadata in chunk
+            ]
 
         chunks = list(_chunks(rows, BOOTSTRAP_CHUNK, skip=present))
         written = store.bulk_load(tenant=tenant.slug, chunks=(stored(c) for c in chunks), on_progress=on_progress)
         metrics.VECTOR_STORE_UPSERTED.labels(namespace=namespace.name, store=store.config.backend).inc(written)
         for chunk in chunks:
-            for pk, version, _ in chunk:
+            for pk, version, *_ in chunk:
                 Document.objects.filter(pk=pk, version=version).update(indexed_version=version)
         report.tenants[tenant.slug] = written
         if progress and not total:

@@ -64,7 +64,9 @@ def documents_search(
     query_vector = embeddings_compute(namespace=namespace, texts=[query], normalize=True, truncate=True).vectors[0]
     mine = Document.objects.filter(namespace=namespace, tenant=tenant)
     allowed: list[int] | None = None
-    if filters:
+    if filters and store.filters_natively:
+        pass  # the store applies them inside its own query
+    elif filters:
         allowed = list(
             mine.filter(metadata_filter_q(filters), deleted_at__isnull=True).values_list("pk", flat=True)[
                 : MAX_FILTER_CANDIDATES + 1
@@ -79,7 +81,14 @@ def documents_search(
             return []
     # Deleted documents stay in the store until their delete job ran: ask for enough to still return k.
     hidden = mine.filter(deleted_at__isnull=False).count()
-    hits = store_search_timed(store, tenant=tenant.slug, query=query_vector, k=k + hidden, allowed_labels=allowed)
+    hits = store_search_timed(
+        store,
+        tenant=tenant.slug,
+        query=query_vector,
+        k=k + hidden,
+        allowed_labels=allowed,
+        filters=filters if store.filters_natively else None,
+    )
     rows = {
         row.pk: row
         for row in mine.filter(pk__in=[hit.label for hit in hits], deleted_at__isnull=True).only(

@@ -55,6 +55,8 @@ class StoreStats:
 class VectorStore(ABC):
     """Vectors of one namespace, one partition per tenant. Shared by threads: implementations are thread-safe."""
 
+    filters_natively = False  # True: search() applies metadata `filters` itself (an indexed metadata field)
+
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
 

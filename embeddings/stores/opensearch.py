@@ -232,6 +232,8 @@ def _tenant_buckets(answer: dict[str, Any]) -> tuple[list[StoreStats], dict[str,
 class OpenSearchStore(VectorStore):
     """Vectors of one namespace in one OpenSearch index; tenants are a keyword field filtered inside every query."""
 
+    filters_natively = True
+
     def __init__(self, config: StoreConfig) -> None:
         super().__init__(config)
         self._lock = threading.Lock()

@@ -1,0 +1,265 @@
+"""Ingestion on the real stack: gunicorn + a Celery worker on Redis, a PostgreSQL database of their own, FAISS files.
+
+Driven from outside like a client and an operator would: HTTP for documents and search, manage.py for the switch
+and the rebuild, signals for the crash. Nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+import pytest
+
+from tests.servers import VENV_BIN, embedded_environment, free_port, log_tail, manage, start, stop, wait_for_health
+
+NAMESPACE = "single_vector.minilm.384.v1"
+TENANTS = ("tenant-a", "tenant-b", "tenant-c", "tenant-d")
+STEP = 40  # documents per ingestion step: a job of a few hundred documents has many steps to be killed in
+
+
+@dataclass
+class Stack:
+    environment: dict[str, str]
+    var_dir: Path
+    web_port: int
+    worker_name: str
+    tokens: dict[str, str]
+    log_dir: Path
+    web: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start_worker(self) -> None:
+        log_path = self.log_dir / f"worker-{len(self.logs)}.log"
+        self.logs.append(log_path)
+        command = [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "medkg",
+            "worker",
+            "--loglevel=INFO",
+            "--concurrency=1",
+            f"--hostname={self.worker_name}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            f"--queues={self.environment['CELERY_TASK_DEFAULT_QUEUE']}",
+        ]
+        self.worker = start(command, environment=self.environment, log_path=log_path)
+        deadline = time.monotonic() + 120
+        while "ready." not in log_path.read_text(errors="replace"):
+            if self.worker.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Celery worker did not start:\n{log_tail(log_path)}")
+            time.sleep(0.5)
+
+    def kill_worker(self) -> None:
+        assert self.worker is not None
+        os.killpg(self.worker.pid, signal.SIGKILL)  # the main process and its pool child: no goodbye, no ack
+        self.worker.wait(timeout=30)
+        self.worker = None
+
+    def start_web(self) -> None:
+        log_path = self.log_dir / f"web-{len(self.logs)}.log"
+        self.logs.append(log_path)
+        command = [
+            str(VENV_BIN / "gunicorn"),
+            "medkg.wsgi:application",
+            f"--bind=127.0.0.1:{self.web_port}",
+            "--worker-class=gthread",
+            "--workers=1",
+            "--threads=4",
+            "--timeout=120",
+        ]
+        self.web = start(command, environment=self.environment, log_path=log_path)
+        wait_for_health(self.base_url, process=self.web, log_path=log_path, deadline=time.monotonic() + 120)
+
+    def manage(self, *arguments: str) -> str:
+        return manage(list(arguments), environment=self.environment)
+
+    def request(self, method: str, path: str, tenant: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens[tenant]}"}
+        return httpx.request(method, self.base_url + path, json=body, headers=headers, timeout=60)
+
+    def ingest(self, tenant: str, documents: list[dict[str, Any]]) -> str:
+        response = self.request(
+            "POST", f"/v1/namespaces/{NAMESPACE}/documents", tenant, {"tenant_id": tenant, "documents": documents}
+        )
+        assert response.status_code == 202, response.text
+        return str(response.json()["job_id"])
+
+    def job(self, tenant: str, job_id: str) -> dict[str, Any]:
+        response = self.request("GET", f"/v1/jobs/{job_id}", tenant)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_job(self, tenant: str, job_id: str, status: str = "succeeded", timeout: float = 240) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(tenant, job_id)
+            if job["status"] == status:
+                return job
+            if job["status"] == "failed" or time.monotonic() > deadline:
+                logs = "\n".join(log_tail(path, 3000) for path in self.logs[-2:])
+                pytest.fail(f"job {job_id} is {job}, expected {status}\n{logs}")
+            time.sleep(0.5)
+
+    def search(self, tenant: str, query: str, k: int = 10) -> list[dict[str, Any]]:
+        response = self.request(
+            "POST", f"/v1/namespaces/{NAMESPACE}/search", tenant, {"tenant_id": tenant, "query": query, "k": k}
+        )
+        assert response.status_code == 200, response.text
+        return list(response.json()["hits"])
+
+
+def _server_url(database: str) -> str:
+    base = urlsplit(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"))
+    return urlunsplit(base._replace(path=f"/{database}"))
+
+
+def _admin(sql: str) -> None:
+    with psycopg.connect(_server_url("postgres").replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    suffix = secrets.token_hex(4)
+    database = f"medkg_stack_{suffix}"
+    _admin(f'CREATE DATABASE "{database}"')
+    root = tmp_path_factory.mktemp("stack")
+    redis = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15"))
+    environment = embedded_environment(
+        root / "var",
+        DATABASE_URL=_server_url(database),
+        CELERY_BROKER_URL=urlunsplit(redis._replace(path="/14")),
+        CELERY_TASK_DEFAULT_QUEUE=f"medkg-test-{suffix}",  # parallel runs never take each other's tasks
+        CELERY_VISIBILITY_TIMEOUT="30",
+        MEDKG_INGESTION_STEP=str(STEP),
+        MEDKG_TORCH_THREADS="1",  # web and worker share two cores
+    )
+    stack = Stack(
+        environment=environment,
+        var_dir=root / "var",
+        web_port=free_port(),
+        worker_name=f"stack-{suffix}@localhost",
+        tokens={},
+        log_dir=root,
+    )
+    try:
+        stack.manage("migrate", "--noinput")
+        stack.manage("sync_namespaces")
+        for tenant in TENANTS:
+            stack.manage("create_tenant", tenant)
+            stack.tokens[tenant] = stack.manage(
+                "issue_token", "--tenant", tenant, "--scopes", "embed:read,embed:write", "--ttl", "1h"
+            ).strip()
+        stack.start_worker()
+        stack.start_web()
+        yield stack
+    finally:
+        for process in (stack.web, stack.worker):
+            if process is not None:
+                stop(process)
+        _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def documents(prefix: str, count: int) -> list[dict[str, Any]]:
+    topics = ["cardiology", "oncology", "neurology", "infectious disease", "endocrinology", "nephrology"]
+    return [
+        {
+            "id": f"{prefix}-{i}",
+            "text": f"Case report {prefix} number {i} in {topics[i % len(topics)]}: patient {i * 7919 % 1000} responded.",
+            "metadata": {"topic": topics[i % len(topics)], "n": i},
+        }
+        for i in range(count)
+    ]
+
+
+def test_ingest_and_search_through_a_real_worker(stack: Stack) -> None:
+    sent = documents("a", 30)
+    job_id = stack.ingest("tenant-a", sent)
+    job = stack.wait_job("tenant-a", job_id)
+    assert job["processed"] == job["total"] == 30
+    hits = stack.search("tenant-a", sent[17]["text"], k=3)
+    assert hits[0]["id"] == "a-17" and hits[0]["metadata"] == sent[17]["metadata"]
+    assert "embeddings.ingestion_job" in stack.logs[0].read_text(errors="replace")  # the worker ran it, not the web
+    assert stack.search("tenant-b", "Case report a number 17", k=50) == []  # another tenant sees nothing
+
+
+def test_a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing(stack: Stack) -> None:
+    sent = documents("b", 12 * STEP)
+    job_id = stack.ingest("tenant-b", sent)
+    deadline = time.monotonic() + 180
+    while True:  # wait until the job is part-way: some steps durable, more to come
+        job = stack.job("tenant-b", job_id)
+        if job["status"] == "running" and STEP <= job["processed"] < len(sent) - 2 * STEP:
+            break
+        assert job["status"] != "succeeded", "the job finished before it could be killed; make it longer"
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    stack.kill_worker()
+    killed_at = stack.job("tenant-b", job_id)
+    assert killed_at["status"] == "running" and killed_at["processed"] < len(sent)
+    stack.start_worker()  # the same node name: it takes back the jobs it was running
+    job = stack.wait_job("tenant-b", job_id)
+    assert job["processed"] == len(sent)
+    hits = stack.search("tenant-b", "case report", k=len(sent) + 50)
+    ids = [hit["id"] for hit in hits]
+    assert len(ids) == len(set(ids)) == len(sent)  # every accepted document exactly once
+    assert set(ids) == {document["id"] for document in sent}
+    for number in (0, len(sent) // 2, len(sent) - 1):
+        assert stack.search("tenant-b", sent[number]["text"], k=1)[0]["id"] == sent[number]["id"]
+
+
+def test_the_index_survives_a_restart_of_the_web_process(stack: Stack) -> None:
+    queries = ["oncology patient responded", "Case report a number 3", "neurology"]
+    before = [stack.search("tenant-a", query, k=5) for query in queries]
+    assert all(before)
+    assert stack.web is not None
+    stop(stack.web)
+    stack.start_web()
+    assert [stack.search("tenant-a", query, k=5) for query in queries] == before
+
+
+def test_pause_holds_accepted_documents_and_resume_indexes_them_all(stack: Stack) -> None:
+    stack.manage("ingestion", "pause", "--reason", "test")
+    try:
+        assert "paused: *" in stack.manage("ingestion", "status")
+        sent = documents("c", 25)
+        job_id = stack.ingest("tenant-c", sent)
+        time.sleep(3)  # a worker that ignored the switch would have indexed them by now
+        assert stack.job("tenant-c", job_id)["status"] == "paused"
+        assert stack.search("tenant-c", "case report", k=50) == []
+    finally:
+        output = stack.manage("ingestion", "resume")
+    assert "1 job(s) queued again" in output
+    stack.wait_job("tenant-c", job_id)
+    assert {hit["id"] for hit in stack.search("tenant-c", "case report", k=50)} == {d["id"] for d in sent}
+
+
+def test_rebuild_gives_the_same_search_results(stack: Stack) -> None:
+    queries = ["cardiology case", "Case report b number 101 in nephrology", "patient 17 responded", "b-3"]
+    before = {query: stack.search("tenant-b", query, k=10) for query in queries}
+    output = stack.manage("rebuild_index", "--namespace", NAMESPACE, "--yes")
+    assert "rebuilt" in output and "bootstrap:" in output
+    after = {query: stack.search("tenant-b", query, k=10) for query in queries}
+    for query in queries:
+        assert [hit["id"] for hit in after[query]] == [hit["id"] for hit in before[query]]
+        for old, new in zip(before[query], after[query], strict=True):
+            assert new["score"] == pytest.approx(old["score"], abs=1e-5)
+    assert "paused: nothing" in stack.manage("ingestion", "status")  # resumed afterwards
