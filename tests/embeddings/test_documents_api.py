@@ -352,3 +352,22 @@ def test_vectors_in_the_store_equal_the_vectors_in_the_database(
         vector = np.frombuffer(bytes(row.vector), dtype="<f4")
         assert store.search(tenant="tenant-a", query=vector, k=1)[0].label == row.pk
     assert Tenant.objects.filter(slug="tenant-a").exists()
+
+
+def test_store_and_ingestion_metrics_are_exported(
+    synced: dict[str, Namespace], api: Any, ingest: Any, token_a_write: str
+) -> None:
+    ingest(token_a_write, "tenant-a", DOCS)
+    search(api, token_a_write, "tenant-a", "aspirin")
+    ingestion_pause(namespace=None)
+    ingest(token_a_write, "tenant-a", [{"id": "waiting", "text": "Held while paused."}])
+    text = api.get("/metrics").content.decode()
+    labels = f'namespace="{DEFAULT_NAMESPACE}",store="faiss"'
+    for line in (
+        f"embedding_vector_store_upserted_total{{{labels}}}",
+        f"embedding_vector_store_search_duration_seconds_bucket{{le=\"0.001\",{labels}}}",
+        f"embedding_search_duration_seconds_count{{{labels}}}",
+        f"embedding_vector_store_vectors{{{labels}}} 4.0",
+        f'embedding_ingestion_queue_depth{{namespace="{DEFAULT_NAMESPACE}"}} 1.0',
+    ):
+        assert line in text, line
