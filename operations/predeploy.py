@@ -205,10 +205,7 @@ def check_gpu() -> CheckResult:
     return CheckResult("gpu", True, f"GPU namespaces can serve ({names}); {local}")
 
 
-def _promtool(arguments: list[str], cwd: Path) -> tuple[bool, str]:
-    executable = shutil.which("promtool")
-    if executable is None:
-        return False, "promtool is not on PATH (Debian package prometheus)"
+def _promtool(executable: str, arguments: list[str], cwd: Path) -> tuple[bool, str]:
     result = subprocess.run(  # noqa: S603 - fixed executable, arguments are repository paths
         [executable, *arguments], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
@@ -220,13 +217,16 @@ def check_alert_rules() -> CheckResult:
     rules = _repo_path(RULES_FILE)
     if not rules.is_file():
         return CheckResult("alert-rules", False, f"{RULES_FILE} is missing")
-    valid, output = _promtool(["check", "rules", str(rules)], cwd=rules.parent)
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return CheckResult("alert-rules", False, "promtool is not on PATH (Debian package prometheus)")
+    valid, output = _promtool(promtool, ["check", "rules", str(rules)], cwd=rules.parent)
     if not valid:
         return CheckResult("alert-rules", False, f"promtool check rules: {output}")
     tests = sorted(_repo_path(RULE_TESTS_DIR).glob("*.y*ml"))
     if not tests:
         return CheckResult("alert-rules", False, f"no promtool unit tests in {RULE_TESTS_DIR}")
-    passed, output = _promtool(["test", "rules", *(str(test) for test in tests)], cwd=tests[0].parent)
+    passed, output = _promtool(promtool, ["test", "rules", *(str(test) for test in tests)], cwd=tests[0].parent)
     if not passed:
         return CheckResult("alert-rules", False, f"promtool test rules: {output}")
     return CheckResult("alert-rules", True, f"{RULES_FILE} valid; {len(tests)} promtool unit test file(s) pass")
