@@ -4,11 +4,17 @@ Embedded default (no variables set): SQLite under var/, the in-process
 sentence-transformers model, FAISS on local disk and Celery tasks run eagerly.
 Optional systems are switched on by presence: OPENSEARCH_URL, VLLM_URL,
 CELERY_BROKER_URL, REDIS_URL.
+
+MEDKG_ENVIRONMENT=staging|production (deploy/) turns on the deployed defaults: a
+SECRET_KEY and ALLOWED_HOSTS are required, DEBUG is refused, HTTPS behind the TLS
+proxy (redirect, HSTS, secure cookies). Each stays overridable by its own variable.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,16 +50,30 @@ def positive_int(name: str, default: int) -> int:
     return value
 
 
+MEDKG_ENVIRONMENT = env.str("MEDKG_ENVIRONMENT", default="development")
+if MEDKG_ENVIRONMENT not in ("development", "staging", "production"):
+    raise ImproperlyConfigured(
+        f"MEDKG_ENVIRONMENT must be development, staging or production, got {MEDKG_ENVIRONMENT!r}"
+    )
+DEPLOYED = MEDKG_ENVIRONMENT != "development"
+
 DEBUG = env.bool("DEBUG", default=False)
+if DEPLOYED and DEBUG:
+    raise ImproperlyConfigured(f"DEBUG must be off when MEDKG_ENVIRONMENT={MEDKG_ENVIRONMENT}")
 _secret_key = secret("SECRET_KEY")
 if not _secret_key:
-    if not DEBUG and env.bool("MEDKG_REQUIRE_SECRET_KEY", default=False):
+    if not DEBUG and env.bool("MEDKG_REQUIRE_SECRET_KEY", default=DEPLOYED):
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set in production")
     # Embedded/dev default, stable so tokens survive restarts. The django-insecure- prefix makes
     # `manage.py check --deploy` fail (security.W009) wherever it would reach production.
     _secret_key = "django-insecure-medkg-development-key-not-for-production"
 SECRET_KEY: str = _secret_key
+if DEPLOYED and "ALLOWED_HOSTS" not in os.environ:
+    raise ImproperlyConfigured(f"ALLOWED_HOSTS must be set when MEDKG_ENVIRONMENT={MEDKG_ENVIRONMENT}")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+# Kubernetes probes and Prometheus reach a pod by its IP (downward API), which no fixed list can name.
+if os.environ.get("POD_IP"):
+    ALLOWED_HOSTS.append(os.environ["POD_IP"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -75,6 +95,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "medkg.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's static files, collected into the image
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -105,7 +126,8 @@ TEMPLATES = [
 VAR_DIR = Path(env.str("MEDKG_VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file and FAISS indexes live here
 try:
-    DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'medkg.sqlite3'}")}
+    # secret(): the URL holds the password, so DATABASE_URL_FILE works like the other secrets.
+    DATABASES = {"default": env.db_url_config(secret("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'medkg.sqlite3'}")}
 except (ImproperlyConfigured, ValueError, KeyError) as error:
     raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {error}") from error
 # Persistent connections: a PostgreSQL handshake per request would cost more than the request's queries.
@@ -119,15 +141,22 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+WHITENOISE_USE_FINDERS = not STATIC_ROOT.is_dir()
+if WHITENOISE_USE_FINDERS:
+    # make run and the tests collect nothing: WhiteNoise serves the apps' own files, and the empty root is expected.
+    warnings.filterwarnings("ignore", message=f"No directory at: {re.escape(str(STATIC_ROOT))}")
 
-# --- security (production settings switch these on through the environment) ---
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
-CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
-SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
+# --- security: off for make run (plain HTTP on loopback), on by default when deployed behind the TLS proxy ---
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=DEPLOYED)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=DEPLOYED)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=DEPLOYED)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if DEPLOYED else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=DEPLOYED)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=DEPLOYED)
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=DEPLOYED) else None
+)
+# Probes and scrapes speak plain HTTP to the pod: never redirected.
 SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
 
 # --- REST framework and JWT ---
@@ -174,7 +203,8 @@ MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", def
 MEDKG_TORCH_THREADS = env.int("MEDKG_TORCH_THREADS", default=0) or None
 VLLM_URL = env.str("VLLM_URL", default="")
 VLLM_API_KEY = secret("VLLM_API_KEY", "") or ""
-OPENSEARCH_URL = env.str("OPENSEARCH_URL", default="")
+# URLs that may carry credentials: each can come from NAME_FILE too.
+OPENSEARCH_URL = secret("OPENSEARCH_URL", "") or ""
 # OpenSearch k-NN store: basic auth (or user:password@ in the URL), TLS verified unless switched off,
 # a private CA's bundle in OPENSEARCH_CA_CERTS. One index per namespace, named <prefix><namespace>.
 OPENSEARCH_USERNAME = env.str("OPENSEARCH_USERNAME", default="")
@@ -196,11 +226,11 @@ MEDKG_INGESTION_STEP = positive_int("MEDKG_INGESTION_STEP", 256)
 MEDKG_INGESTION_LOCAL_MODE = env.str("MEDKG_INGESTION_LOCAL_MODE", default="thread")
 if MEDKG_INGESTION_LOCAL_MODE not in {"thread", "inline"}:
     raise ImproperlyConfigured("MEDKG_INGESTION_LOCAL_MODE must be thread or inline")
-REDIS_URL = env.str("REDIS_URL", default="")
+REDIS_URL = secret("REDIS_URL", "") or ""
 
 # --- Celery: eager (in-process) unless a broker is configured ---
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL or None)
+CELERY_BROKER_URL = secret("CELERY_BROKER_URL", "") or ""
+CELERY_RESULT_BACKEND = secret("CELERY_RESULT_BACKEND") or REDIS_URL or None
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from namespaces.models import AccessAuditEvent, Namespace, Tenant
 from namespaces.services import namespace_sync_from_yaml, tenant_create, token_issue
+from tests.deploy.live import make_run_server  # noqa: F401 - session fixture of tests/deploy and tests/smoke
 
 DEFAULT_NAMESPACE = "single_vector.minilm.384.v1"
 RESTRICTED_NAMESPACE = "single_vector.minilm-a.384.v1"
