@@ -43,7 +43,7 @@ def embedding_like_vectors(count: int, dim: int, seed: int, latent: int = 48, cl
     structure = np.random.default_rng(12345)  # the same manifold for corpus and queries
     basis, _ = np.linalg.qr(structure.standard_normal((dim, latent)).astype(np.float32))
     centres = structure.standard_normal((clusters, latent)).astype(np.float32)
-    points = centres[rng.integers(0, clusters, count)] + 0.5 * rng.standard_normal((count, latent)).astype(np.float32)
+    points = centres[rng.integers(0, clusters, count)] + 0.7 * rng.standard_normal((count, latent)).astype(np.float32)
     vectors = points @ basis.T + 0.02 * rng.standard_normal((count, dim)).astype(np.float32)
     return np.ascontiguousarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), dtype=np.float32)
 
