@@ -178,6 +178,13 @@ OPENSEARCH_URL = env.str("OPENSEARCH_URL", default="")
 FAISS_DATA_DIR = Path(env.str("FAISS_DATA_DIR", default=str(VAR_DIR / "faiss")))
 REDIS_URL = env.str("REDIS_URL", default="")
 
+# --- operations ---
+# Where operations commands (triggers, drills) reach the running service, and Prometheus when there is one.
+MEDKG_BASE_URL = env.str("MEDKG_BASE_URL", default="http://127.0.0.1:8000")
+PROMETHEUS_URL = env.str("PROMETHEUS_URL", default="")
+# How long a serving process trusts its snapshot of the rollback routes (a rollback waits this long to drain).
+MEDKG_SERVING_STATE_TTL = env.float("MEDKG_SERVING_STATE_TTL", default=1.0)
+
 # --- Celery: eager (in-process) unless a broker is configured ---
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=REDIS_URL or None)
