@@ -198,6 +198,7 @@ def drill_run(
             reason=f"rollback drill ({environment})",
             initiated_by=f"rollback_drill --environment {environment}",
             kubectl=kubectl,
+            service_url=base_url,
             echo=echo,
         )
         drill.rollback_event = event
@@ -210,7 +211,13 @@ def drill_run(
         steps.append({"name": "rollback", "seconds": drill.full_seconds, "rto_seconds": drill.rto_seconds})
         echo(f"legacy serves: RTO {drill.rto_seconds:.2f} s, complete and verified in {drill.full_seconds:.2f} s")
         undo_started = time.monotonic()
-        rollback_undo(namespace=primary.name, initiated_by="rollback_drill", reason="drill done", kubectl=kubectl)
+        rollback_undo(
+            namespace=primary.name,
+            initiated_by="rollback_drill",
+            reason="drill done",
+            kubectl=kubectl,
+            service_url=base_url,
+        )
         restored = prober.wait_for(primary.name, after=undo_started, count=1, timeout=targets.max_seconds)
         if restored is None:
             raise DrillFailed(f"{primary.name} did not answer again after the undo")

@@ -285,6 +285,7 @@ def triggers_act(
     initiated_by: str,
     kubectl_for: Callable[[RollbackPair], RollbackKubectl | None],
     echo: Callable[[str], None],
+    service_url: str | None = None,
 ) -> list[TriggerAction]:
     """For each namespace with a fired trigger and a configured legacy: open an incident, roll back."""
     fired: dict[str, list[TriggerResult]] = defaultdict(list)
@@ -323,6 +324,7 @@ def triggers_act(
                 initiated_by=initiated_by,
                 kubectl=kubectl_for(pair),
                 trigger=first.trigger,
+                service_url=service_url,
                 echo=echo,
             )
         except MedkgError as error:

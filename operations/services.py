@@ -17,6 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import httpx
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -118,8 +119,14 @@ def _check_rollback_possible(source: Namespace, target: Namespace) -> None:
             raise RollbackRefused(f"{target.name} is not granted to tenants {missing} that use {source.name}.")
 
 
-def _check_serves(namespace: Namespace, role: str) -> str:
-    """Load or probe the provider here; a namespace that cannot serve stops the procedure before the switch."""
+def _check_serves(namespace: Namespace, role: str, service_url: str | None = None) -> str:
+    """Whether `namespace` can serve; a namespace that cannot stops the procedure before the switch.
+
+    With `service_url`, the running service's /health answers (it loads the model there, where the traffic
+    will go, and costs nothing when it is loaded already); otherwise the provider is loaded or probed here.
+    """
+    if service_url:
+        return _check_serves_on_service(namespace, role, service_url)
     try:
         readiness = provider_for(namespace).readiness()
     except MedkgError as error:
@@ -127,6 +134,19 @@ def _check_serves(namespace: Namespace, role: str) -> str:
     if not readiness.ready:
         raise RollbackRefused(f"The {role} namespace {namespace.name} cannot serve: {readiness.detail}")
     return readiness.detail
+
+
+def _check_serves_on_service(namespace: Namespace, role: str, service_url: str) -> str:
+    url = f"{service_url.rstrip('/')}/health"
+    try:
+        providers = httpx.get(url, timeout=120.0).json()["providers"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+        raise RollbackRefused(f"{url} cannot be read to check the {role} namespace: {error}") from error
+    entry = next((item for item in providers if item.get("namespace") == namespace.name), None)
+    if entry is None or not entry.get("ready"):
+        detail = entry.get("detail", "") if entry else "not listed"
+        raise RollbackRefused(f"The {role} namespace {namespace.name} cannot serve on {service_url}: {detail}")
+    return f"{service_url}: {entry.get('detail', 'ready')}"
 
 
 def _drain() -> None:
@@ -146,6 +166,7 @@ def rollback_start(
     kubectl: RollbackKubectl | None = None,
     dry_run: bool = False,
     trigger: str = "",
+    service_url: str | None = None,
     echo: Echo = _silent,
 ) -> RollbackEvent | None:
     """Move the traffic of `namespace` to `target`. Returns the recorded event (None for a dry run)."""
@@ -174,7 +195,7 @@ def rollback_start(
             with recorder.step("scale_up_legacy"):
                 kubectl.scale_up(kubectl.pair.legacy_deployment, replicas_up, undo=False)
         with recorder.step("legacy_ready") as step:
-            step["detail"] = _check_serves(legacy, "legacy")
+            step["detail"] = _check_serves(legacy, "legacy", service_url)
         with recorder.step("pause_ingestion") as step:
             event.ingestion_paused = _ingestion_pause(source, f"rollback #{event.pk}: {reason}", initiated_by)
             step["detail"] = "paused" if event.ingestion_paused else "already paused"
@@ -227,6 +248,7 @@ def rollback_undo(
     kubectl: RollbackKubectl | None = None,
     dry_run: bool = False,
     force: bool = False,
+    service_url: str | None = None,
     echo: Echo = _silent,
 ) -> RollbackEvent | None:
     """Move the traffic of `namespace` back from its legacy namespace, once the primary can serve again."""
@@ -247,7 +269,7 @@ def rollback_undo(
                 kubectl.scale_up(kubectl.pair.primary_deployment, replicas_up, undo=True)
         with recorder.step("primary_ready") as step:
             try:
-                step["detail"] = _check_serves(source, "primary")
+                step["detail"] = _check_serves(source, "primary", service_url)
             except RollbackRefused:
                 if not force:
                     raise

@@ -70,7 +70,12 @@ def make_handler(model: str, dim: int) -> type[BaseHTTPRequestHandler]:
             tokens = sum(len(text.split()) for text in texts)
             self._send(
                 200,
-                {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": model,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                },
             )
 
     return Handler

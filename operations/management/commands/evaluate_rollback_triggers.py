@@ -73,6 +73,7 @@ class Command(BaseCommand):
             initiated_by=f"evaluate_rollback_triggers --act ({operator()})",
             kubectl_for=lambda pair: rollback_kubectl(config, pair, options, self.stderr.write),
             echo=self.stderr.write,
+            service_url=source.base_url if isinstance(source, AppMetricsSource) else None,
         )
         failed = [action for action in actions if action.error and action.error != "already rolled back"]
         for action in actions:

@@ -34,6 +34,12 @@ class Command(BaseCommand):
         parser.add_argument("--undo", action="store_true", help="Move the traffic back to the primary.")
         parser.add_argument("--force", action="store_true", help="With --undo: even if the primary is not ready.")
         parser.add_argument("--dry-run", action="store_true", help="Print the steps and commands; change nothing.")
+        parser.add_argument(
+            "--base-url",
+            default=None,
+            help="Check that the namespace taking the traffic can serve through this running service's /health "
+            "(which also loads it there) instead of loading it in this process.",
+        )
         parser.add_argument("--json", action="store_true", help="Print the recorded event as JSON at the end.")
         add_kubectl_arguments(parser)
         add_triggers_argument(parser)
@@ -52,6 +58,7 @@ class Command(BaseCommand):
                     kubectl=kubectl,
                     dry_run=options["dry_run"],
                     force=options["force"],
+                    service_url=options["base_url"],
                     echo=echo,
                 )
             else:
@@ -67,6 +74,7 @@ class Command(BaseCommand):
                     initiated_by=operator(),
                     kubectl=kubectl,
                     dry_run=options["dry_run"],
+                    service_url=options["base_url"],
                     echo=echo,
                 )
         except MedkgError as error:
