@@ -154,10 +154,11 @@ def local_values(trigger: Trigger, first: list[Sample], second: list[Sample]) ->
         assert trigger.denominator is not None
         numerator = _sum_by_namespace(_increases(first, second, trigger.numerator.metric, trigger.numerator))
         denominator = _sum_by_namespace(_increases(first, second, trigger.denominator.metric, trigger.denominator))
+        # PromQL's `/` matches series: a namespace needs both sides, as in Prometheus.
         return {
-            namespace: _divide(numerator.get(namespace, 0.0), total)
+            namespace: _divide(numerator[namespace], total)
             for namespace, total in denominator.items()
-            if namespace in numerator or total > 0
+            if namespace in numerator
         }
     if trigger.kind == "latency_quantile":
         assert trigger.quantile is not None

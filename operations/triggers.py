@@ -53,7 +53,10 @@ class Selector(_Strict):
         if bad:
             raise ValueError(f"invalid label names {bad}")
         for pattern in value.values():
-            re.compile(pattern)
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"{pattern!r} is not a regular expression: {error}") from error
         return value
 
     def promql(self, *, suffix: str = "", extra: dict[str, str] | None = None) -> str:
