@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
+from django.db import models
 from django.http import HttpRequest
 from django.utils.html import format_html
 
@@ -87,6 +89,7 @@ class IncidentAdmin(admin.ModelAdmin):
     list_filter = ["status", "severity", "namespace", "trigger", "opened_at"]
     search_fields = ["title", "namespace", "trigger", "body"]
     date_hierarchy = "opened_at"
+    formfield_overrides = {models.TextField: {"widget": forms.Textarea(attrs={"rows": 40, "cols": 120})}}
     # What the trigger and the rollback recorded is evidence; the write-up and the resolution are the operators'.
     readonly_fields = [
         "trigger",

@@ -150,3 +150,15 @@ def test_gpu_gauges_are_exported_only_where_a_gpu_exists(api, synced):
         assert "embedding_gpu_memory_used_bytes" not in metrics
     else:
         assert "embedding_gpu_memory_total_bytes{" in metrics
+
+
+@pytest.mark.django_db
+def test_health_shows_the_seeded_gpu_namespace_unavailable_without_its_server(api, synced, monkeypatch):
+    monkeypatch.delenv("VLLM_URL", raising=False)
+
+    body = api.get("/health").json()
+
+    qwen = next(entry for entry in body["providers"] if entry["namespace"] == QWEN)
+    assert qwen == {**qwen, "ready": False, "requires_gpu": True, "code": "gpu_unavailable"}
+    assert "VLLM_URL" in qwen["detail"]
+    assert set(body["gpu"]) == {"available", "devices", "driver", "cuda", "reason"}

@@ -8,13 +8,15 @@ processes on the server's database, as an operator would run them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,15 +148,19 @@ class LoadLoop:
             thread.join(timeout=120)
 
     def wait_for(self, count: int, *, namespace: str, after: float, timeout: float = 60) -> None:
+        """`count` answers from `namespace` to requests sent after `after`."""
+        self._wait(lambda a: a.status == 200 and a.namespace == namespace, count, after, timeout, namespace)
+
+    def wait_for_failures(self, count: int, *, after: float, timeout: float = 60) -> None:
+        self._wait(lambda a: a.status != 200, count, after, timeout, "failed requests")
+
+    def _wait(self, matches: Callable[[Answer], bool], count: int, after: float, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if (
-                sum(1 for a in self.answers if a.sent >= after and a.namespace == namespace and a.status == 200)
-                >= count
-            ):
+            if sum(1 for answer in list(self.answers) if answer.sent >= after and matches(answer)) >= count:
                 return
             time.sleep(0.05)
-        pytest.fail(f"fewer than {count} answers from {namespace} in {timeout} s: {self.answers[-3:]}")
+        pytest.fail(f"fewer than {count} answers ({what}) in {timeout} s: {self.answers[-3:]}")
 
 
 def test_rollback_under_load_then_undo(live: Live, vllm_up: VllmStandin) -> None:
@@ -257,3 +263,81 @@ def test_triggers_fire_when_vllm_goes_down_and_act_rolls_back(live: Live, vllm_u
 
     vllm_up.start()
     live.manage("rollback_embeddings", "--undo", "--namespace", QWEN, "--reason", "vLLM back")
+
+
+class HealthProbes:
+    """GET /health once a second, as Kubernetes probes do (they refresh the readiness gauges)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 240
+        while not self.stop_event.wait(1.0) and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"{self.url}/health", timeout=10)
+
+    def __enter__(self) -> HealthProbes:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def prometheus(live: Live, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus (Debian's) scraping the live server every second."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus missing: apt-get install prometheus")
+    port = free_port()
+    target = live.url.removeprefix("http://")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: medkg, static_configs: [{{targets: ['{target}']}}]}}]\n"
+    )
+    command = [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"]
+    command += [f"--web.listen-address=127.0.0.1:{port}"]
+    log_path = tmp_path / "prometheus.log"
+    process = start(command, environment=embedded_environment(tmp_path), log_path=log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                query = httpx.get(f"{url}/api/v1/query", params={"query": 'up{job="medkg"}'}, timeout=2).json()
+                if query["data"]["result"] and query["data"]["result"][0]["value"][1] == "1":
+                    break
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop(process)
+
+
+def test_triggers_read_from_prometheus(live: Live, vllm_up: VllmStandin, prometheus: str) -> None:
+    with HealthProbes(live.url), LoadLoop(live, threads=1) as load:
+        time.sleep(6)  # a few scrapes of a healthy service
+        healthy = live.manage("evaluate_rollback_triggers", "--prometheus-url", prometheus, "--json")
+        vllm_up.stop()
+        load.wait_for_failures(3, after=time.monotonic(), timeout=30)
+        time.sleep(8)
+        failing = live.manage("evaluate_rollback_triggers", "--prometheus-url", prometheus, "--json", expect=3)
+    vllm_up.start()
+
+    before = {(item["trigger"], item["namespace"]): item for item in json.loads(healthy.stdout)}
+    after = {(item["trigger"], item["namespace"]): item for item in json.loads(failing.stdout)}
+    assert not any(item["fired"] for item in before.values())
+    assert ("gpu_failure_rate", QWEN) not in before  # no failing series yet: no value, as PromQL's `/` answers
+    assert before[("vllm_availability", QWEN)]["source"] == "prometheus"
+    assert before[("vllm_availability", QWEN)]["value"] == 1 and before[("vllm_availability", QWEN)]["fired"] is False
+    assert after[("gpu_failure_rate", QWEN)]["fired"] is True and after[("gpu_failure_rate", QWEN)]["value"] > 0.05
+    assert after[("vllm_availability", QWEN)]["fired"] is True
+    assert not live.rows("SELECT * FROM operations_namespaceroute")  # without --act nothing is rolled back
