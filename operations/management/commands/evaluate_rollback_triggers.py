@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -19,8 +20,9 @@ EXIT_ACT_FAILED = 4
 
 
 def _wait_with_progress(seconds: float) -> None:
-    steps = max(1, int(seconds * 10))
-    for _ in tqdm(range(steps), desc="sampling the app's metrics", unit_scale=0.1, unit="s", leave=False):
+    steps = max(1, round(seconds * 10))
+    bar_format = "{desc}: {bar} {elapsed} of " + f"{seconds:.0f} s"
+    for _ in tqdm(range(steps), desc="sampling the app's metrics", bar_format=bar_format, leave=False):
         time.sleep(seconds / steps)
 
 
@@ -55,7 +57,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps([result.as_dict() for result in results], indent=2))
         else:
             for result in results:
-                value = "no data" if result.value is None else f"{result.value:.4g}"
+                no_value = result.value is None or math.isnan(result.value)
+                value = "no data" if no_value else f"{result.value:.4g}"
                 line = (
                     f"{result.trigger:<22} {result.namespace or '-':<32} {value:>10} "
                     f"{result.comparison} {result.threshold:g}  [{result.source}]"
