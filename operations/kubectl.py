@@ -39,11 +39,11 @@ class Kubectl:
         self.dry_run = dry_run
         self.binary = binary
 
-    def _resolved_binary(self) -> str | None:
+    def resolved_binary(self) -> str | None:
         return shutil.which(self.binary)
 
     def _execute(self, arguments: list[str], *, timeout: float) -> str:
-        binary = self._resolved_binary()
+        binary = self.resolved_binary()
         if binary is None:
             raise KubectlFailed(f"{self.binary} is not on PATH: --kubectl needs it to reach the cluster.")
         try:
@@ -118,7 +118,7 @@ class RollbackKubectl:
         """The overlay's replica count for `deployment`; None in a dry run that cannot render."""
         if not overlay.is_dir():
             raise KubectlFailed(f"overlay {overlay} does not exist")
-        if self.kubectl.dry_run and self.kubectl._resolved_binary() is None:
+        if self.kubectl.dry_run and self.kubectl.resolved_binary() is None:
             self.kubectl.echo(f"(kubectl is not on PATH: replicas of {deployment} come from {overlay} at run time)")
             return None
         replicas = self.kubectl.deployment_replicas(overlay).get(deployment)

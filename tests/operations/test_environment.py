@@ -162,3 +162,83 @@ def test_health_shows_the_seeded_gpu_namespace_unavailable_without_its_server(ap
     assert qwen == {**qwen, "ready": False, "requires_gpu": True, "code": "gpu_unavailable"}
     assert "VLLM_URL" in qwen["detail"]
     assert set(body["gpu"]) == {"available", "devices", "driver", "cuda", "reason"}
+
+
+class FakeNvml:
+    """NVML cannot run here (no NVIDIA driver): a stand-in module with nvidia-ml-py's API and an H100's answers."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self) -> None:
+        self.shut_down = False
+
+    def nvmlInit(self):
+        return None
+
+    def nvmlShutdown(self):
+        self.shut_down = True
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"570.86.15"
+
+    def nvmlSystemGetCudaDriverVersion(self):
+        return 12080
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return index
+
+    def nvmlDeviceGetName(self, handle):
+        return "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return type("Memory", (), {"total": 85_520_809_984, "used": 1_048_576_000})()
+
+    def nvmlDeviceGetUtilizationRates(self, handle):
+        return type("Utilization", (), {"gpu": 37, "memory": 5})()
+
+
+@pytest.mark.skipif(not NO_GPU_HERE, reason="this machine has a GPU")
+def test_nvml_readings_and_a_gpu_that_torch_cannot_use(monkeypatch):
+    import sys
+
+    fake = FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+    report = verify_environment()
+
+    assert report["nvml"] == {"ok": True, "detail": "NVML sees 1 GPU(s), driver 570.86.15"}
+    assert report["driver"] == "570.86.15" and report["cuda"] == "12.8"
+    assert report["available"] is False  # the CPU build of torch cannot use it: that is the reason given
+    assert "NVML sees 1 GPU(s) that torch cannot use" in report["reason"]
+    assert fake.shut_down
+    monkeypatch.undo()
+    verify_environment()  # the cached report (for /health) is this machine's again
+
+
+def test_gpu_gauges_read_each_device(monkeypatch):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from operations import metrics
+
+    device = {
+        "index": 0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "memory_total_bytes": 85_520_809_984,
+        "memory_used_bytes": 1_048_576_000,
+        "utilization_ratio": 0.37,
+        "source": "nvml",
+    }
+    monkeypatch.setattr(metrics, "gpu_devices_now", lambda: [device])
+    registry = CollectorRegistry()
+    registry.register(metrics.GpuCollector())
+
+    text = generate_latest(registry).decode()
+
+    labels = '{gpu="0",name="NVIDIA H100 80GB HBM3"}'
+    assert f"embedding_gpu_utilization_ratio{labels} 0.37" in text
+    assert f"embedding_gpu_memory_used_bytes{labels} 1.048576e+09" in text
+    assert f"embedding_gpu_memory_total_bytes{labels} 8.5520809984e+10" in text
