@@ -56,8 +56,9 @@ class BackendUnavailable(MedkgError):
     code = "backend_unavailable"
 
 
-class GpuUnavailable(MedkgError):
-    status_code = 503
+class GpuUnavailable(BackendUnavailable):
+    """A namespace that requires a GPU has none: locally (in-process model) or its GPU server (vLLM) is down."""
+
     code = "gpu_unavailable"
 
 

@@ -228,6 +228,13 @@ if MEDKG_INGESTION_LOCAL_MODE not in {"thread", "inline"}:
     raise ImproperlyConfigured("MEDKG_INGESTION_LOCAL_MODE must be thread or inline")
 REDIS_URL = secret("REDIS_URL", "") or ""
 
+# --- operations ---
+# Where operations commands (triggers, drills) reach the running service, and Prometheus when there is one.
+MEDKG_BASE_URL = env.str("MEDKG_BASE_URL", default="http://127.0.0.1:8000")
+PROMETHEUS_URL = env.str("PROMETHEUS_URL", default="")
+# How long a serving process trusts its snapshot of the rollback routes (a rollback waits this long to drain).
+MEDKG_SERVING_STATE_TTL = env.float("MEDKG_SERVING_STATE_TTL", default=1.0)
+
 # --- Celery: eager (in-process) unless a broker is configured ---
 CELERY_BROKER_URL = secret("CELERY_BROKER_URL", "") or ""
 CELERY_RESULT_BACKEND = secret("CELERY_RESULT_BACKEND") or REDIS_URL or None

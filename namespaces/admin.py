@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.db.models import Count
+from django.http import HttpRequest, HttpResponse
 
 from namespaces.models import AccessAuditEvent, Namespace, Tenant
 
@@ -42,6 +43,15 @@ class AccessAuditEventAdmin(admin.ModelAdmin):
     list_filter = ["reason", "endpoint", "status_code", "occurred_at", "token_tenant", "namespace"]
     search_fields = ["token_tenant", "claimed_tenant", "namespace", "request_id", "client_address"]
     date_hierarchy = "occurred_at"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """The list, plus the refusals per tenant of what the filters selected (the cross-tenant review)."""
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            per_tenant = context["cl"].queryset.order_by().values("token_tenant").annotate(refusals=Count("id"))
+            context["counts_per_tenant"] = sorted(per_tenant, key=lambda row: (-row["refusals"], row["token_tenant"]))
+        return response
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -25,7 +25,7 @@ from embeddings.providers.base import (
     l2_normalize,
     unset_environment_references,
 )
-from medkg.errors import BackendError, BackendUnavailable, DimensionMismatch
+from medkg.errors import BackendError, BackendUnavailable, DimensionMismatch, GpuUnavailable
 
 _HEALTH_CACHE_SECONDS = 5.0
 
@@ -42,17 +42,22 @@ class VllmHttpProvider(EmbeddingProvider):
         self._health_lock = threading.Lock()
 
     # --- configuration -------------------------------------------------------------------
+    def _unavailable(self, message: str, details: dict[str, Any]) -> BackendUnavailable:
+        """A GPU namespace's server is where its GPU is: when it is missing or unreachable, so is the GPU."""
+        error_class = GpuUnavailable if self.config.requires_gpu else BackendUnavailable
+        return error_class(message, details=details)
+
     def base_url(self) -> str:
         unset = unset_environment_references(self.config.endpoint)
         if unset:
-            raise BackendUnavailable(
+            raise self._unavailable(
                 f"Namespace {self.config.namespace} has no endpoint: set {', '.join(unset)} "
                 f"(its endpoint is {self.config.endpoint}).",
                 details={"namespace": self.config.namespace, "unset_variables": unset},
             )
         url = expand_environment(self.config.endpoint).rstrip("/")
         if not url:
-            raise BackendUnavailable(
+            raise self._unavailable(
                 f"Namespace {self.config.namespace} has no endpoint: set VLLM_URL (or the namespace's endpoint).",
                 details={"namespace": self.config.namespace},
             )
@@ -83,7 +88,7 @@ class VllmHttpProvider(EmbeddingProvider):
         except httpx.TimeoutException as error:
             raise BackendUnavailable(f"Embedding backend timed out: {url}", details={"backend": url}) from error
         except httpx.HTTPError as error:
-            raise BackendUnavailable(
+            raise self._unavailable(
                 f"Embedding backend unreachable: {url} ({type(error).__name__})", details={"backend": url}
             ) from error
         if response.status_code >= 500 or response.status_code in (408, 429):

@@ -112,7 +112,8 @@ def test_disabled_namespace_is_409(api, synced, token_a_write):
 def test_vllm_namespace_without_vllm_url_is_503(api, synced, token_a_write, monkeypatch):
     monkeypatch.delenv("VLLM_URL", raising=False)
     response = api.post("/v1/embed", {"namespace": "single_vector.qwen3.4096.v1", "texts": ["x"]}, token=token_a_write)
-    body = assert_error(response, 503, "backend_unavailable")
+    # requires_gpu: its vLLM server is its GPU, so an unset VLLM_URL is a missing GPU (tests/operations covers more)
+    body = assert_error(response, 503, "gpu_unavailable")
     assert "VLLM_URL" in body["error"]["message"]
 
 
