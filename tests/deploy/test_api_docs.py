@@ -89,6 +89,6 @@ def test_the_example_runs_as_documented(example: Example, make_run_server: MakeR
         assert result.stdout.split() == ["2", "384"]
         return
     answer = json.loads(result.stdout)
-    assert "error" not in answer, answer
+    assert not isinstance(answer.get("error"), dict), answer  # a job's own "error" is a string
     if example.documented_answer is not None:
         assert shape(answer) == shape(documented(example.documented_answer))

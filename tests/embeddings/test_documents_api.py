@@ -365,7 +365,7 @@ def test_store_and_ingestion_metrics_are_exported(
     labels = f'namespace="{DEFAULT_NAMESPACE}",store="faiss"'
     for line in (
         f"embedding_vector_store_upserted_total{{{labels}}}",
-        f"embedding_vector_store_search_duration_seconds_bucket{{le=\"0.001\",{labels}}}",
+        f'embedding_vector_store_search_duration_seconds_bucket{{le="0.001",{labels}}}',
         f"embedding_search_duration_seconds_count{{{labels}}}",
         f"embedding_vector_store_vectors{{{labels}}} 4.0",
         f'embedding_ingestion_queue_depth{{namespace="{DEFAULT_NAMESPACE}"}} 1.0',
