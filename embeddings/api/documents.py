@@ -42,7 +42,7 @@ class DocumentsView(APIView):
         check_claimed_tenant(request)
         payload = DocumentsUpsertInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        granted = namespace_granted(request, name=namespace, scope=self.required_scope)
+        granted = namespace_granted(request, name=namespace, scope=self.required_scope, routed=False)
         documents = [
             IncomingDocument(id=item["id"], text=item["text"], metadata=item["metadata"])
             for item in payload.validated_data["documents"]
@@ -60,7 +60,7 @@ class DocumentsView(APIView):
         check_claimed_tenant(request)
         payload = DocumentsDeleteInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        granted = namespace_granted(request, name=namespace, scope=self.required_scope)
+        granted = namespace_granted(request, name=namespace, scope=self.required_scope, routed=False)
         ids = payload.validated_data["ids"]
         with request_observed(namespace=granted.name, endpoint="documents_delete"):
             job = documents_delete(namespace=granted, tenant=principal_of(request).tenant, external_ids=ids)

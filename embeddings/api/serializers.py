@@ -227,6 +227,14 @@ class JobOutputSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": ["string", "number", "boolean"]},
+            {"type": "array", "items": {"type": ["string", "number", "boolean"]}, "minItems": 1, "maxItems": 100},
+        ]
+    }
+)
 class FilterValueField(serializers.Field):
     def to_internal_value(self, data: Any) -> Any:
         values = data if isinstance(data, list) else [data]

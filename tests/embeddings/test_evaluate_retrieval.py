@@ -19,7 +19,12 @@ from tests.conftest import DEFAULT_NAMESPACE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The shared evaluation data lives beside the checkout (../shared), as the command line names it.
-_CANDIDATES = [os.environ.get("MEDKG_SCIFACT_DIR", ""), str(REPO_ROOT.parent / "shared" / "eval" / "scifact")]
+# A clone elsewhere (CI) finds it through MEDKG_SCIFACT_DIR or the workplace's shared folder.
+_CANDIDATES = [
+    os.environ.get("MEDKG_SCIFACT_DIR", ""),
+    str(REPO_ROOT.parent / "shared" / "eval" / "scifact"),
+    "/work/shared/eval/scifact",
+]
 SCIFACT = next((Path(c) for c in _CANDIDATES if c and (Path(c) / "corpus.jsonl").exists()), Path(_CANDIDATES[1]))
 PUBLISHED_NDCG_AT_10 = 0.6451  # all-MiniLM-L6-v2 on SciFact, MTEB
 PUBLISHED_RECALL_AT_10 = 0.7833

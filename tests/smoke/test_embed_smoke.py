@@ -40,7 +40,7 @@ def test_every_check_passes_against_make_runs_server(make_run_server: MakeRunSer
 
 
 def test_a_namespace_without_its_backend_fails_at_embed(make_run_server: MakeRunServer) -> None:
-    """make run has no VLLM_URL: the qwen3 namespace is listed but cannot embed (503 backend_unavailable)."""
+    """make run has no VLLM_URL: the qwen3 namespace is listed but cannot embed (503 gpu_unavailable: its GPU is the vLLM server)."""
     code, lines = smoke(
         "--base-url",
         make_run_server.url,
@@ -59,7 +59,7 @@ def test_a_namespace_without_its_backend_fails_at_embed(make_run_server: MakeRun
         "embed": "[FAIL]",
         **dict.fromkeys(CHECKS[3:], "[SKIP]"),
     }
-    assert any("backend_unavailable" in line for line in lines if line.startswith("[FAIL] embed"))
+    assert any("gpu_unavailable" in line for line in lines if line.startswith("[FAIL] embed"))
     assert lines[-1] == "smoke test FAILED at embed"
 
 
