@@ -6,12 +6,11 @@ Providers are cached per process and per namespace configuration.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from typing import TYPE_CHECKING
 
 from embeddings.providers.base import EmbeddingProvider, ProviderConfig
-from medkg.errors import BackendUnavailable
+from medkg.backends import backend_class
 
 if TYPE_CHECKING:
     from namespaces.models import Namespace
@@ -27,17 +26,7 @@ _lock = threading.Lock()
 
 
 def provider_class(name: str) -> type[EmbeddingProvider]:
-    if name not in PROVIDERS:
-        raise BackendUnavailable(f"Unknown provider {name!r}; known: {sorted(PROVIDERS)}.")
-    module_name, _, class_name = PROVIDERS[name].rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise BackendUnavailable(
-            f"Provider {name!r} needs the Python package {error.name!r}, which is not installed.",
-            details={"provider": name, "package": error.name},
-        ) from error
-    return getattr(module, class_name)  # type: ignore[no-any-return]
+    return backend_class(PROVIDERS, name, kind="provider")  # type: ignore[no-any-return]
 
 
 def provider_for(namespace: Namespace) -> EmbeddingProvider:

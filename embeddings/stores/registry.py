@@ -5,14 +5,14 @@ Stores are cached per process and per configuration: a FAISS store keeps its ind
 
 from __future__ import annotations
 
-import importlib
 import threading
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from embeddings.stores.base import StoreConfig, VectorStore
-from medkg.errors import BackendUnavailable, UnsupportedNamespaceKind
+from medkg.backends import backend_class
+from medkg.errors import UnsupportedNamespaceKind
 
 if TYPE_CHECKING:
     from namespaces.models import Namespace
@@ -44,17 +44,7 @@ def store_config_for(namespace: Namespace) -> StoreConfig:
 
 
 def store_class(name: str) -> type[VectorStore]:
-    if name not in STORES:
-        raise BackendUnavailable(f"Unknown vector store {name!r}; known: {sorted(STORES)}.")
-    module_name, _, class_name = STORES[name].rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise BackendUnavailable(
-            f"Vector store {name!r} needs the Python package {error.name!r}, which is not installed.",
-            details={"store": name, "package": error.name},
-        ) from error
-    return getattr(module, class_name)  # type: ignore[no-any-return]
+    return backend_class(STORES, name, kind="vector store")  # type: ignore[no-any-return]
 
 
 def store_for(namespace: Namespace) -> VectorStore:
