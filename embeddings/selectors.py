@@ -64,9 +64,7 @@ def documents_search(
     query_vector = embeddings_compute(namespace=namespace, texts=[query], normalize=True, truncate=True).vectors[0]
     mine = Document.objects.filter(namespace=namespace, tenant=tenant)
     allowed: list[int] | None = None
-    if filters and store.filters_natively:
-        pass  # the store applies them inside its own query
-    elif filters:
+    if filters and not store.filters_natively:  # a store that indexes metadata applies them in its own query
         allowed = list(
             mine.filter(metadata_filter_q(filters), deleted_at__isnull=True).values_list("pk", flat=True)[
                 : MAX_FILTER_CANDIDATES + 1
