@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embeddings import metrics
-from embeddings.providers.registry import provider_for
+from embeddings.providers.registry import embedding_provider_for
 from embeddings.tokenization import token_counts
 from medkg.errors import (
     BackendError,
@@ -85,7 +85,7 @@ def embeddings_compute(
                     "token_counts": [checks[i].token_count for i in over] if checks else [],
                 },
             )
-    provider = provider_for(namespace)
+    provider = embedding_provider_for(namespace)
     normalize = namespace.normalize if normalize is None else normalize
     started = time.perf_counter()
     try:

@@ -7,6 +7,8 @@ Stores raise only the project's errors (DimensionMismatch, BackendUnavailable, B
 
 from __future__ import annotations
 
+import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -137,3 +139,92 @@ class VectorStore(ABC):
 
     def check_query(self, query: np.ndarray) -> np.ndarray:
         return self.check_vectors(np.asarray(query, dtype=np.float32).reshape(1, -1))
+
+
+# --- sparse stores ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparseStoreConfig:
+    """What a sparse store needs from its namespace; frozen and hashable like StoreConfig."""
+
+    namespace: str
+    backend: str  # "impact" (embedded), "opensearch" (rank_features) or "lucene" (BM25 via Pyserini)
+    parameters_json: str = "{}"  # the namespace's parameters (bm25 k1/b, ...), as JSON text to stay hashable
+
+    def parameter(self, name: str, default: Any = None) -> Any:
+        return json.loads(self.parameters_json).get(name, default)
+
+
+@dataclass(frozen=True)
+class SparseItem:
+    label: int  # Document.id
+    terms: dict[str, float]  # term -> weight > 0; empty for stores that index the text (indexes_text)
+    text: str = ""
+    external_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class SparseStore(ABC):
+    """Term-weighted documents of one sparse namespace, one partition per tenant; thread-safe like VectorStore.
+
+    Scores are the store's own: a dot product of term weights (impact, rank_features) or BM25 (lucene).
+    """
+
+    filters_natively = False  # True: search() applies metadata `filters` itself
+    indexes_text = False  # True: the store analyses `text` itself (BM25); `terms` are ignored
+
+    def __init__(self, config: SparseStoreConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def upsert(self, *, tenant: str, items: Sequence[SparseItem]) -> int:
+        """Add or replace documents by label; returns how many were written. Durable when it returns."""
+
+    @abstractmethod
+    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
+        """Remove documents by label; unknown labels are ignored. Returns how many were removed."""
+
+    @abstractmethod
+    def search(
+        self,
+        *,
+        tenant: str,
+        query_terms: dict[str, float],
+        query_text: str,
+        k: int,
+        allowed_labels: Sequence[int] | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """The k best live labels of `tenant` for the query, best first (score > 0 only).
+
+        Impact stores score `query_terms`; text-indexing stores (indexes_text) analyse `query_text`.
+        """
+
+    @abstractmethod
+    def count(self, *, tenant: str) -> int:
+        """Live documents of `tenant`."""
+
+    @abstractmethod
+    def labels(self, *, tenant: str) -> set[int]:
+        """Live labels of `tenant`."""
+
+    @abstractmethod
+    def drop(self, *, tenant: str | None = None) -> None:
+        """Remove the index of `tenant`, or of every tenant of the namespace."""
+
+    def stats(self) -> list[StoreStats]:
+        return []
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, ""
+
+    def check_terms(self, terms: dict[str, float]) -> dict[str, float]:
+        """Every weight finite and > 0, every term a non-empty string; raises DimensionMismatch otherwise."""
+        for term, weight in terms.items():
+            if not isinstance(term, str) or not term or not math.isfinite(weight) or weight <= 0:
+                raise DimensionMismatch(
+                    f"Sparse vector for {self.config.namespace} has an invalid entry {term!r}: {weight!r}.",
+                    details={"namespace": self.config.namespace, "term": str(term)[:100]},
+                )
+        return terms
