@@ -17,10 +17,11 @@ from embeddings.api.serializers import (
     OpenAIEmbeddingsOutputSerializer,
 )
 from embeddings.metrics import request_observed
-from embeddings.services import EmbeddingBatch, embeddings_compute
+from embeddings.services import EmbeddingBatch, SparseBatch, embeddings_compute, sparse_compute
 from medkg.api.access import namespace_granted
 from medkg.api.permissions import check_claimed_tenant
 from medkg.errors import InvalidRequest
+from namespaces.models import NamespaceKind
 
 
 class EmbedView(APIView):
@@ -35,6 +36,14 @@ class EmbedView(APIView):
         namespace = namespace_granted(request, name=data["namespace"], scope=self.required_scope)
         options = data.get("options") or {}
         with request_observed(namespace=namespace.name, endpoint="embed"):
+            if namespace.kind == NamespaceKind.SPARSE:
+                sparse = sparse_compute(
+                    namespace=namespace,
+                    texts=data["texts"],
+                    query=options.get("input_type") == "query",
+                    truncate=options.get("truncate", False),
+                )
+                return Response(_sparse_response(sparse))
             batch = embeddings_compute(
                 namespace=namespace,
                 texts=data["texts"],
@@ -44,12 +53,30 @@ class EmbedView(APIView):
         return Response(_embed_response(batch))
 
 
+def _sparse_response(batch: SparseBatch) -> dict[str, object]:
+    truncated = set(batch.truncated)
+    return {
+        "namespace": batch.namespace.name,
+        "model": batch.namespace.model_id,
+        "model_version": batch.namespace.model_version,
+        "kind": batch.namespace.kind,
+        "dim": batch.namespace.dim,
+        "normalized": False,
+        "embeddings": [
+            {"text_index": i, "terms": terms, "token_count": count, "truncated": i in truncated}
+            for i, (terms, count) in enumerate(zip(batch.terms, batch.token_counts, strict=True))
+        ],
+        "usage": {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens},
+    }
+
+
 def _embed_response(batch: EmbeddingBatch) -> dict[str, object]:
     truncated = set(batch.truncated)
     return {
         "namespace": batch.namespace.name,
         "model": batch.namespace.model_id,
         "model_version": batch.namespace.model_version,
+        "kind": batch.namespace.kind,
         "dim": int(batch.vectors.shape[1]),
         "normalized": batch.normalized,
         "embeddings": [

@@ -19,6 +19,19 @@ import numpy as np
 from medkg.errors import DimensionMismatch
 
 
+def upsert_chunks(
+    upsert: Callable[[Any], int], chunks: Iterable[Any], on_progress: Callable[[int], None] | None
+) -> int:
+    """Write chunk after chunk, reporting each chunk's count; the total written."""
+    written = 0
+    for chunk in chunks:
+        count = upsert(chunk)
+        written += count
+        if on_progress:
+            on_progress(count)
+    return written
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """What a store needs from its namespace; frozen and hashable so stores can be cached per configuration."""
@@ -74,13 +87,7 @@ class VectorStore(ABC):
         on_progress: Callable[[int], None] | None = None,
     ) -> int:
         """Upsert many chunks (bootstrap, rebuild). Stores that can make one durable write at the end override it."""
-        written = 0
-        for chunk in chunks:
-            count = self.upsert(tenant=tenant, items=chunk)
-            written += count
-            if on_progress:
-                on_progress(count)
-        return written
+        return upsert_chunks(lambda chunk: self.upsert(tenant=tenant, items=chunk), chunks, on_progress)
 
     @abstractmethod
     def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
@@ -180,6 +187,16 @@ class SparseStore(ABC):
     @abstractmethod
     def upsert(self, *, tenant: str, items: Sequence[SparseItem]) -> int:
         """Add or replace documents by label; returns how many were written. Durable when it returns."""
+
+    def bulk_load(
+        self,
+        *,
+        tenant: str,
+        chunks: Iterable[Sequence[SparseItem]],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Upsert many chunks (bootstrap, rebuild)."""
+        return upsert_chunks(lambda chunk: self.upsert(tenant=tenant, items=chunk), chunks, on_progress)
 
     @abstractmethod
     def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
