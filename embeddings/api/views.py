@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 
 import numpy as np
 from drf_spectacular.utils import extend_schema
@@ -53,38 +54,31 @@ class EmbedView(APIView):
         return Response(_embed_response(batch))
 
 
-def _sparse_response(batch: SparseBatch) -> dict[str, object]:
+def _response(
+    batch: EmbeddingBatch | SparseBatch, key: str, values: Sequence[object], dim: int | None, normalized: bool
+) -> dict[str, object]:
     truncated = set(batch.truncated)
     return {
         "namespace": batch.namespace.name,
         "model": batch.namespace.model_id,
         "model_version": batch.namespace.model_version,
         "kind": batch.namespace.kind,
-        "dim": batch.namespace.dim,
-        "normalized": False,
+        "dim": dim,
+        "normalized": normalized,
         "embeddings": [
-            {"text_index": i, "terms": terms, "token_count": count, "truncated": i in truncated}
-            for i, (terms, count) in enumerate(zip(batch.terms, batch.token_counts, strict=True))
+            {"text_index": i, key: value, "token_count": count, "truncated": i in truncated}
+            for i, (value, count) in enumerate(zip(values, batch.token_counts, strict=True))
         ],
         "usage": {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens},
     }
+
+
+def _sparse_response(batch: SparseBatch) -> dict[str, object]:
+    return _response(batch, "terms", batch.terms, batch.namespace.dim, normalized=False)
 
 
 def _embed_response(batch: EmbeddingBatch) -> dict[str, object]:
-    truncated = set(batch.truncated)
-    return {
-        "namespace": batch.namespace.name,
-        "model": batch.namespace.model_id,
-        "model_version": batch.namespace.model_version,
-        "kind": batch.namespace.kind,
-        "dim": int(batch.vectors.shape[1]),
-        "normalized": batch.normalized,
-        "embeddings": [
-            {"text_index": i, "vector": vector, "token_count": count, "truncated": i in truncated}
-            for i, (vector, count) in enumerate(zip(batch.vectors, batch.token_counts, strict=True))
-        ],
-        "usage": {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens},
-    }
+    return _response(batch, "vector", list(batch.vectors), int(batch.vectors.shape[1]), batch.normalized)
 
 
 class OpenAIEmbeddingsView(APIView):

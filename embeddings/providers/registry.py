@@ -7,7 +7,7 @@ Providers are cached per process and per namespace configuration.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from embeddings.providers.base import EmbeddingProvider, Provider, ProviderConfig, SparseProvider
 from medkg.backends import backend_class
@@ -43,24 +43,25 @@ def provider_for(namespace: Namespace) -> Provider:
         return provider
 
 
-def embedding_provider_for(namespace: Namespace) -> EmbeddingProvider:
+P = TypeVar("P", bound=Provider)
+
+
+def _provider_of_kind(namespace: Namespace, kind: type[P], produces: str) -> P:
     provider = provider_for(namespace)
-    if not isinstance(provider, EmbeddingProvider):
+    if not isinstance(provider, kind):
         raise UnsupportedNamespaceKind(
-            f"Namespace {namespace.name} ({namespace.provider}) does not produce dense vectors.",
+            f"Namespace {namespace.name} ({namespace.provider}) does not produce {produces}.",
             details={"namespace": namespace.name, "provider": namespace.provider},
         )
     return provider
+
+
+def embedding_provider_for(namespace: Namespace) -> EmbeddingProvider:
+    return _provider_of_kind(namespace, EmbeddingProvider, "dense vectors")  # type: ignore[type-abstract]
 
 
 def sparse_provider_for(namespace: Namespace) -> SparseProvider:
-    provider = provider_for(namespace)
-    if not isinstance(provider, SparseProvider):
-        raise UnsupportedNamespaceKind(
-            f"Namespace {namespace.name} ({namespace.provider}) does not produce term weights.",
-            details={"namespace": namespace.name, "provider": namespace.provider},
-        )
-    return provider
+    return _provider_of_kind(namespace, SparseProvider, "term weights")  # type: ignore[type-abstract]
 
 
 def providers_reset() -> None:

@@ -67,10 +67,38 @@ class StoreStats:
     bytes_on_disk: int
 
 
-class VectorStore(ABC):
-    """Vectors of one namespace, one partition per tenant. Shared by threads: implementations are thread-safe."""
+class IndexStore(ABC):
+    """What every store of one namespace does, dense or sparse: one partition per tenant, labels are Document ids.
+    Shared by threads: implementations are thread-safe."""
 
     filters_natively = False  # True: search() applies metadata `filters` itself (an indexed metadata field)
+
+    @abstractmethod
+    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
+        """Remove entries by label; unknown labels are ignored. Returns how many were removed."""
+
+    @abstractmethod
+    def count(self, *, tenant: str) -> int:
+        """Live entries of `tenant`."""
+
+    @abstractmethod
+    def labels(self, *, tenant: str) -> set[int]:
+        """Live labels of `tenant` (reconciliation and tests)."""
+
+    @abstractmethod
+    def drop(self, *, tenant: str | None = None) -> None:
+        """Remove the index of `tenant`, or of every tenant of the namespace."""
+
+    def stats(self) -> list[StoreStats]:
+        """Per-tenant sizes, for gauges and the admin."""
+        return []
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, ""
+
+
+class VectorStore(IndexStore):
+    """Dense vectors of one namespace."""
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -90,10 +118,6 @@ class VectorStore(ABC):
         return upsert_chunks(lambda chunk: self.upsert(tenant=tenant, items=chunk), chunks, on_progress)
 
     @abstractmethod
-    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
-        """Remove vectors by label; unknown labels are ignored. Returns how many were removed."""
-
-    @abstractmethod
     def search(
         self,
         *,
@@ -108,25 +132,6 @@ class VectorStore(ABC):
         `allowed_labels` restricts the search to those labels (metadata filters resolved by the database);
         stores that index metadata themselves take `filters` instead and apply them inside the query.
         """
-
-    @abstractmethod
-    def count(self, *, tenant: str) -> int:
-        """Live vectors of `tenant`."""
-
-    @abstractmethod
-    def labels(self, *, tenant: str) -> set[int]:
-        """Live labels of `tenant` (reconciliation and tests)."""
-
-    @abstractmethod
-    def drop(self, *, tenant: str | None = None) -> None:
-        """Remove the index of `tenant`, or of every tenant of the namespace."""
-
-    def stats(self) -> list[StoreStats]:
-        """Per-tenant sizes, for gauges and the admin."""
-        return []
-
-    def readiness(self) -> tuple[bool, str]:
-        return True, ""
 
     # Shared checks: every write and read goes through these.
     def check_vectors(self, vectors: np.ndarray) -> np.ndarray:
@@ -172,13 +177,12 @@ class SparseItem:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-class SparseStore(ABC):
-    """Term-weighted documents of one sparse namespace, one partition per tenant; thread-safe like VectorStore.
+class SparseStore(IndexStore):
+    """Term-weighted documents of one sparse namespace.
 
     Scores are the store's own: a dot product of term weights (impact, rank_features) or BM25 (lucene).
     """
 
-    filters_natively = False  # True: search() applies metadata `filters` itself
     indexes_text = False  # True: the store analyses `text` itself (BM25); `terms` are ignored
 
     def __init__(self, config: SparseStoreConfig) -> None:
@@ -199,10 +203,6 @@ class SparseStore(ABC):
         return upsert_chunks(lambda chunk: self.upsert(tenant=tenant, items=chunk), chunks, on_progress)
 
     @abstractmethod
-    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
-        """Remove documents by label; unknown labels are ignored. Returns how many were removed."""
-
-    @abstractmethod
     def search(
         self,
         *,
@@ -217,24 +217,6 @@ class SparseStore(ABC):
 
         Impact stores score `query_terms`; text-indexing stores (indexes_text) analyse `query_text`.
         """
-
-    @abstractmethod
-    def count(self, *, tenant: str) -> int:
-        """Live documents of `tenant`."""
-
-    @abstractmethod
-    def labels(self, *, tenant: str) -> set[int]:
-        """Live labels of `tenant`."""
-
-    @abstractmethod
-    def drop(self, *, tenant: str | None = None) -> None:
-        """Remove the index of `tenant`, or of every tenant of the namespace."""
-
-    def stats(self) -> list[StoreStats]:
-        return []
-
-    def readiness(self) -> tuple[bool, str]:
-        return True, ""
 
     def check_terms(self, terms: dict[str, float]) -> dict[str, float]:
         """Every weight finite and > 0, every term a non-empty string; raises DimensionMismatch otherwise."""

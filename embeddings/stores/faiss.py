@@ -23,8 +23,17 @@ import faiss
 import numpy as np
 from django.conf import settings
 
-from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, StoreStats, VectorStore
-from embeddings.stores.files import FileIdentity, PartitionFiles, file_identity, read_header
+from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, VectorStore
+from embeddings.stores.files import (
+    FileIdentity,
+    PartitionedFileStore,
+    PartitionFiles,
+    compaction_due,
+    file_identity,
+    keep_slots,
+    read_header,
+    tombstone,
+)
 from medkg.errors import BackendError, DimensionMismatch
 from medkg.logging import log_event
 
@@ -34,7 +43,6 @@ FILE_SUFFIX = ".faiss.npz"
 FORMAT_VERSION = 1
 EXACT_SEARCH_MAX_CANDIDATES = 2048  # below this many live candidates a brute-force pass is exact and as fast
 COMPACT_MIN_TOMBSTONES = 256
-COMPACT_TOMBSTONE_FRACTION = 0.25
 
 
 def faiss_gpu_status() -> tuple[bool, str]:
@@ -68,7 +76,7 @@ class _Partition:
         return self.bitmap
 
 
-class FaissStore(VectorStore):
+class FaissStore(PartitionedFileStore, VectorStore):
     def __init__(self, config: StoreConfig, data_dir: Path | None = None) -> None:
         super().__init__(config)
         self.files: PartitionFiles[_Partition] = PartitionFiles(
@@ -161,7 +169,7 @@ class FaissStore(VectorStore):
         vectors = self.check_vectors(np.stack([item.vector for item in latest.values()]))
         labels = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
         for label in labels.tolist():
-            self._kill(partition, label)
+            tombstone(partition, label)
         first_slot = partition.index.ntotal
         partition.index.add(vectors)
         partition.labels = np.concatenate([partition.labels, labels])
@@ -174,38 +182,26 @@ class FaissStore(VectorStore):
         if not labels or not self.files.exists(tenant):
             return 0
         with self.files.writing(tenant) as partition:
-            removed = sum(self._kill(partition, int(label)) for label in labels)
+            removed = sum(tombstone(partition, int(label)) for label in labels)
             if removed:
                 partition.bitmap = None
                 self._compact_if_needed(tenant, partition)
                 self._persist(tenant, partition)
         return removed
 
-    def _kill(self, partition: _Partition, label: int) -> bool:
-        slot = partition.position_of.pop(label, None)
-        if slot is None:
-            return False
-        partition.alive[slot] = False
-        return True
-
     def _compact_if_needed(self, tenant: str, partition: _Partition) -> None:
-        dead = partition.tombstones
-        if dead < COMPACT_MIN_TOMBSTONES or dead < COMPACT_TOMBSTONE_FRACTION * partition.labels.size:
+        if not compaction_due(partition, COMPACT_MIN_TOMBSTONES):
             return
+        dead = partition.tombstones
         slots = np.flatnonzero(partition.alive)
         vectors = partition.index.reconstruct_batch(slots) if slots.size else np.empty((0, self.config.dim))
         fresh = self._empty()
         if slots.size:
             fresh.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         partition.index = fresh.index
-        partition.labels = partition.labels[slots]
-        partition.alive = np.ones(slots.size, dtype=bool)
-        partition.position_of = {int(label): slot for slot, label in enumerate(partition.labels.tolist())}
+        keep_slots(partition, slots)
         partition.bitmap = None
         log_event(logger, "faiss_compacted", namespace=self.config.namespace, tenant=tenant, removed=dead)
-
-    def drop(self, *, tenant: str | None = None) -> None:
-        self.files.remove(tenant)
 
     # Reads
 
@@ -264,33 +260,6 @@ class FaissStore(VectorStore):
             for score, slot in zip(scores[0].tolist(), slots[0].tolist(), strict=True)
             if slot >= 0
         ]
-
-    def count(self, *, tenant: str) -> int:
-        partition = self.files.current(tenant, create=False)
-        return len(partition.position_of) if partition else 0
-
-    def labels(self, *, tenant: str) -> set[int]:
-        partition = self.files.current(tenant, create=False)
-        return set(partition.position_of) if partition else set()
-
-    def tenants(self) -> list[str]:
-        return self.files.tenants()
-
-    def stats(self) -> list[StoreStats]:
-        result = []
-        for tenant in self.tenants():
-            partition = self.files.current(tenant, create=False)
-            if partition is None:
-                continue
-            result.append(
-                StoreStats(
-                    tenant=tenant,
-                    vectors=len(partition.position_of),
-                    tombstones=partition.tombstones,
-                    bytes_on_disk=self.files.size(tenant),
-                )
-            )
-        return result
 
     def readiness(self) -> tuple[bool, str]:
         writable, reason = self.files.writable()

@@ -21,6 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from embeddings.stores.base import StoreStats
 from medkg.errors import BackendError
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -28,8 +29,18 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 FileIdentity = tuple[int, int, int]  # (inode, size, mtime_ns)
 
 
+COMPACT_MIN_TOMBSTONES = 256
+COMPACT_TOMBSTONE_FRACTION = 0.25
+
+
 class Partition(Protocol):
     file_identity: FileIdentity | None
+    labels: np.ndarray  # int64 label per slot
+    alive: np.ndarray  # bool per slot
+    position_of: dict[int, int]  # live label -> slot
+
+    @property
+    def tombstones(self) -> int: ...
 
 
 P = TypeVar("P", bound=Partition)
@@ -168,3 +179,62 @@ class PartitionFiles(Generic[P]):
 
 def read_header(stored: Any) -> dict[str, Any]:
     return json.loads(bytes(stored["header"]).decode())  # type: ignore[no-any-return]
+
+
+class PartitionedFileStore:
+    """The reads every file-partitioned store answers the same way (mixed into FaissStore and ImpactStore)."""
+
+    files: PartitionFiles[Any]
+
+    def count(self, *, tenant: str) -> int:
+        partition = self.files.current(tenant, create=False)
+        return len(partition.position_of) if partition else 0
+
+    def labels(self, *, tenant: str) -> set[int]:
+        partition = self.files.current(tenant, create=False)
+        return set(partition.position_of) if partition else set()
+
+    def drop(self, *, tenant: str | None = None) -> None:
+        self.files.remove(tenant)
+
+    def tenants(self) -> list[str]:
+        return self.files.tenants()
+
+    def stats(self) -> list[StoreStats]:
+        result = []
+        for tenant in self.tenants():
+            partition = self.files.current(tenant, create=False)
+            if partition is not None:
+                result.append(
+                    StoreStats(
+                        tenant=tenant,
+                        vectors=len(partition.position_of),
+                        tombstones=partition.tombstones,
+                        bytes_on_disk=self.files.size(tenant),
+                    )
+                )
+        return result
+
+
+# Tombstones: a replaced or deleted label's slot is marked dead; past a fraction of the partition, the live slots
+# are copied into a fresh one (the store rebuilds its own index from them).
+
+
+def tombstone(partition: Partition, label: int) -> bool:
+    slot = partition.position_of.pop(label, None)
+    if slot is None:
+        return False
+    partition.alive[slot] = False
+    return True
+
+
+def compaction_due(partition: Partition, minimum: int = COMPACT_MIN_TOMBSTONES) -> bool:
+    dead = int(partition.labels.size - len(partition.position_of))
+    return dead >= minimum and dead >= COMPACT_TOMBSTONE_FRACTION * partition.labels.size
+
+
+def keep_slots(partition: Partition, slots: np.ndarray) -> None:
+    """After compaction: only `slots` remain, renumbered from 0 in order."""
+    partition.labels = partition.labels[slots]
+    partition.alive = np.ones(slots.size, dtype=bool)
+    partition.position_of = {int(label): slot for slot, label in enumerate(partition.labels.tolist())}

@@ -22,8 +22,17 @@ import numpy as np
 import scipy.sparse as sp
 from django.conf import settings
 
-from embeddings.stores.base import SearchHit, SparseItem, SparseStore, SparseStoreConfig, StoreStats
-from embeddings.stores.files import FileIdentity, PartitionFiles, file_identity, read_header
+from embeddings.stores.base import SearchHit, SparseItem, SparseStore, SparseStoreConfig
+from embeddings.stores.files import (
+    FileIdentity,
+    PartitionedFileStore,
+    PartitionFiles,
+    compaction_due,
+    file_identity,
+    keep_slots,
+    read_header,
+    tombstone,
+)
 from medkg.errors import BackendError
 from medkg.logging import log_event
 
@@ -32,7 +41,6 @@ logger = logging.getLogger("medkg.embeddings.stores")
 FILE_SUFFIX = ".impact.npz"
 FORMAT_VERSION = 1
 COMPACT_MIN_TOMBSTONES = 256
-COMPACT_TOMBSTONE_FRACTION = 0.25
 
 
 @dataclass
@@ -58,7 +66,7 @@ class _Partition:
         return self.postings
 
 
-class ImpactStore(SparseStore):
+class ImpactStore(PartitionedFileStore, SparseStore):
     def __init__(self, config: SparseStoreConfig, data_dir: Path | None = None) -> None:
         super().__init__(config)
         self.files: PartitionFiles[_Partition] = PartitionFiles(
@@ -137,7 +145,7 @@ class ImpactStore(SparseStore):
             self.check_terms(item.terms)
         with self.files.writing(tenant) as partition:
             for label in latest:
-                self._kill(partition, label)
+                tombstone(partition, label)
             self._append(partition, list(latest.values()))
             self._compact_if_needed(tenant, partition)
             self._persist(tenant, partition)
@@ -178,24 +186,16 @@ class ImpactStore(SparseStore):
         if not labels or not self.files.exists(tenant):
             return 0
         with self.files.writing(tenant) as partition:
-            removed = sum(self._kill(partition, int(label)) for label in labels)
+            removed = sum(tombstone(partition, int(label)) for label in labels)
             if removed:
                 self._compact_if_needed(tenant, partition)
                 self._persist(tenant, partition)
         return removed
 
-    @staticmethod
-    def _kill(partition: _Partition, label: int) -> bool:
-        slot = partition.position_of.pop(label, None)
-        if slot is None:
-            return False
-        partition.alive[slot] = False
-        return True
-
     def _compact_if_needed(self, tenant: str, partition: _Partition) -> None:
-        dead = partition.tombstones
-        if dead < COMPACT_MIN_TOMBSTONES or dead < COMPACT_TOMBSTONE_FRACTION * partition.labels.size:
+        if not compaction_due(partition, COMPACT_MIN_TOMBSTONES):
             return
+        dead = partition.tombstones
         slots = np.flatnonzero(partition.alive)
         rows = partition.rows[slots]
         used = np.unique(rows.indices)  # terms only dead documents had leave the vocabulary too
@@ -206,14 +206,9 @@ class ImpactStore(SparseStore):
         )
         partition.vocabulary = [partition.vocabulary[column] for column in used.tolist()]
         partition.column_of = {term: column for column, term in enumerate(partition.vocabulary)}
-        partition.labels = partition.labels[slots]
-        partition.alive = np.ones(slots.size, dtype=bool)
-        partition.position_of = {int(label): slot for slot, label in enumerate(partition.labels.tolist())}
+        keep_slots(partition, slots)
         partition.postings = None
         log_event(logger, "impact_compacted", namespace=self.config.namespace, tenant=tenant, removed=dead)
-
-    def drop(self, *, tenant: str | None = None) -> None:
-        self.files.remove(tenant)
 
     # Reads
 
@@ -254,32 +249,6 @@ class ImpactStore(SparseStore):
                 slots = slots[np.argpartition(-scores[slots], k - 1)[:k]]
             order = slots[np.lexsort((partition.labels[slots], -scores[slots]))]  # ties: the lower label first
             return [SearchHit(int(partition.labels[slot]), float(scores[slot])) for slot in order]
-
-    def count(self, *, tenant: str) -> int:
-        partition = self.files.current(tenant, create=False)
-        return len(partition.position_of) if partition else 0
-
-    def labels(self, *, tenant: str) -> set[int]:
-        partition = self.files.current(tenant, create=False)
-        return set(partition.position_of) if partition else set()
-
-    def tenants(self) -> list[str]:
-        return self.files.tenants()
-
-    def stats(self) -> list[StoreStats]:
-        result = []
-        for tenant in self.tenants():
-            partition = self.files.current(tenant, create=False)
-            if partition is not None:
-                result.append(
-                    StoreStats(
-                        tenant=tenant,
-                        vectors=len(partition.position_of),
-                        tombstones=partition.tombstones,
-                        bytes_on_disk=self.files.size(tenant),
-                    )
-                )
-        return result
 
     def readiness(self) -> tuple[bool, str]:
         writable, reason = self.files.writable()
