@@ -9,6 +9,7 @@ A namespace's parameters may override them: doc_top_k_terms, query_top_k_terms, 
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,37 @@ from embeddings.providers.base import (
 from embeddings.providers.sentence_transformers import _load_model, model_device
 from medkg.errors import BackendUnavailable, GpuUnavailable
 from namespaces.config import ExpansionSide, pyserini_config
+
+
+def _max_pool_then_activate(module: Any, features: dict[str, Any]) -> dict[str, Any]:
+    """SpladePooling's max pooling, exactly, with the activation after the max instead of before it.
+
+    log(1 + ReLU(x)) is monotone, so max over tokens commutes with it; and a masked token's 0 never beats a real
+    one's activation (which is >= 0). Pooling the raw logits first touches the (batch, tokens, vocabulary) tensor
+    once instead of four times (mask, ReLU, log1p, max): SPLADE-tiny's forward pass is then about 2x faster,
+    as most of it was this elementwise work on 30,522 logits per token.
+    """
+    import torch
+
+    if "cu_seq_lens_q" in features or module.pooling_strategy != "max" or module.training:
+        return type(module).forward(module, features)  # type: ignore[no-any-return]
+    logits, mask = features["token_embeddings"], features["attention_mask"].bool()
+    pooled = torch.stack([logits[row][mask[row]].amax(dim=0) for row in range(logits.shape[0])])
+    pooled = pooled.relu_().log1p_()
+    if module.activation_function == "log1p_relu":
+        pooled = pooled.log1p_()
+    if module.embedding_dimension is None:
+        module.embedding_dimension = pooled.shape[1]
+    features["sentence_embedding"] = pooled
+    return features
+
+
+def _speed_up_pooling(model: Any) -> None:
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    for module in model:
+        if isinstance(module, SpladePooling) and "forward" not in vars(module):
+            module.forward = types.MethodType(_max_pool_then_activate, module)  # type: ignore[method-assign]
 
 
 class SpladeProvider(SparseProvider):
@@ -38,7 +70,9 @@ class SpladeProvider(SparseProvider):
                     f"SPLADE model folder {str(path)!r} has no config.json (namespace {self.config.namespace}).",
                     details={"model_path": str(path)},
                 )
-            self._loaded = _load_model(str(path), model_device(self.config), self.config.max_tokens, "SparseEncoder")
+            loaded = _load_model(str(path), model_device(self.config), self.config.max_tokens, "SparseEncoder")
+            _speed_up_pooling(loaded[0])
+            self._loaded = loaded
         return self._loaded
 
     def limits(self, *, query: bool) -> tuple[int | None, float, float]:
