@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, StoreStats, VectorStore
+from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, VectorStore
 from embeddings.stores.opensearch_index import (
     STORE,
     TenantIndex,
+    TenantIndexStore,
     document_id,
     filter_clauses,
     index_name,
@@ -77,7 +78,7 @@ def _search_hits(answer: dict[str, Any]) -> list[SearchHit]:
 
 
 # --- the store -----------------------------------------------------------------------------------------------------
-class OpenSearchStore(VectorStore):
+class OpenSearchStore(TenantIndexStore, VectorStore):
     """Vectors of one namespace in one OpenSearch index; tenants are a keyword field filtered inside every query."""
 
     filters_natively = True
@@ -91,10 +92,6 @@ class OpenSearchStore(VectorStore):
             index_body=self.index_body,
             check_field=self._check_vector_field,
         )
-
-    @property
-    def index(self) -> str:
-        return self._index.index
 
     # --- bodies ---------------------------------------------------------------------------------------------------
     def index_body(self) -> dict[str, Any]:
@@ -148,9 +145,6 @@ class OpenSearchStore(VectorStore):
         vectors = [self.check_query(item.vector)[0].tolist() for item in items]
         return self._index.upsert(tenant=tenant, items=items, values=vectors)
 
-    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
-        return self._index.delete(tenant=tenant, labels=labels)
-
     def search_body(
         self,
         *,
@@ -193,18 +187,3 @@ class OpenSearchStore(VectorStore):
         k = self._index.check_search(k=k, allowed_labels=allowed_labels)
         body = self.search_body(tenant=tenant, vector=vector, k=k, allowed_labels=allowed_labels, filters=filters)
         return self._index.search(body=body, allowed_labels=allowed_labels, filters=filters, hits=_search_hits)
-
-    def count(self, *, tenant: str) -> int:
-        return self._index.count(tenant=tenant)
-
-    def labels(self, *, tenant: str) -> set[int]:
-        return self._index.labels(tenant=tenant)
-
-    def drop(self, *, tenant: str | None = None) -> None:
-        self._index.drop(tenant=tenant)
-
-    def stats(self) -> list[StoreStats]:
-        return self._index.stats()
-
-    def readiness(self) -> tuple[bool, str]:
-        return self._index.readiness()

@@ -587,3 +587,31 @@ class TenantIndex:
         except MedkgError as error:
             return False, error.message
         return True, ""
+
+
+class TenantIndexStore:
+    """What an OpenSearch store only passes on to its TenantIndex; mixed in before VectorStore or SparseStore."""
+
+    _index: TenantIndex
+
+    @property
+    def index(self) -> str:
+        return self._index.index
+
+    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
+        return self._index.delete(tenant=tenant, labels=labels)
+
+    def count(self, *, tenant: str) -> int:
+        return self._index.count(tenant=tenant)
+
+    def labels(self, *, tenant: str) -> set[int]:
+        return self._index.labels(tenant=tenant)
+
+    def drop(self, *, tenant: str | None = None) -> None:
+        self._index.drop(tenant=tenant)
+
+    def stats(self) -> list[StoreStats]:
+        return self._index.stats()
+
+    def readiness(self) -> tuple[bool, str]:
+        return self._index.readiness()
