@@ -4,6 +4,8 @@ No OpenSearch can run here (see tests/embeddings/opensearch_fake.py), so, as for
 - Unit tests (always run) talk through the real opensearch-py client to the recording fake server on loopback and
   check the exact template, index body, bulk actions and query bodies, how answers are read and how failures become
   the project's errors. Where a search answer matters, the test scripts it: the fake does not score.
+- The scoring model runs on real Lucene (Pyserini's Anserini jar): the store's document features and query clauses
+  go through FeatureField and its linear query, the classes OpenSearch's rank_features and rank_feature use.
 - Integration tests (marked `opensearch`) index SPLADE-like term weights in a real cluster when OPENSEARCH_URL is set,
   and are skipped with that reason otherwise.
 """
@@ -14,6 +16,7 @@ import io
 import json
 import math
 import os
+import random
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -31,6 +34,7 @@ from embeddings.rank_features import rank_features_templates_apply
 from embeddings.stores.base import SearchHit, SparseItem, SparseStoreConfig
 from embeddings.stores.opensearch_index import opensearch_client
 from embeddings.stores.opensearch_sparse import (
+    MIN_WEIGHT,
     OpenSearchSparseStore,
     feature_name,
     rank_features_template,
@@ -366,6 +370,77 @@ def test_count_labels_and_stats_ask_for_the_tenant(indexed: FakeOpenSearch, stor
     buckets = {"buckets": [{"key": {"tenant": "tenant-a"}, "doc_count": 4}]}
     indexed.script("POST", f"/{INDEX}/_search", 200, search_answer([], aggregations={"tenants": buckets}))
     assert [(entry.tenant, entry.vectors) for entry in store.stats()] == [("tenant-a", 4)]
+
+
+# --- the scoring model, on the Lucene that OpenSearch runs ----------------------------------------------------------
+def test_lucene_scores_the_stores_bodies_as_the_dot_product_to_nine_bits(store: OpenSearchSparseStore) -> None:
+    """OpenSearch turns a rank_features value into Lucene's FeatureField and a linear rank_feature query into
+    FeatureField.newLinearQuery, the field path split at its last dot. This runs the store's own document features
+    and query clauses through those Lucene classes (Pyserini's Anserini jar, Lucene 9) and checks: the score is the
+    dot product of the clipped weights within 2**-8, escaped terms are found, and the weights the store drops are
+    exactly the ones Lucene refuses."""
+    pyclass = pytest.importorskip("pyserini.pyclass", reason="pyserini (requirements-sparse.txt) is not installed")
+    from jnius import JavaException, cast
+
+    lucene = {
+        name.rsplit(".", 1)[-1].replace("$", "_"): pyclass.autoclass(name)
+        for name in (
+            "org.apache.lucene.document.FeatureField",
+            "org.apache.lucene.document.Document",
+            "org.apache.lucene.document.StoredField",
+            "org.apache.lucene.store.ByteBuffersDirectory",
+            "org.apache.lucene.index.IndexWriter",
+            "org.apache.lucene.index.IndexWriterConfig",
+            "org.apache.lucene.index.DirectoryReader",
+            "org.apache.lucene.search.IndexSearcher",
+            "org.apache.lucene.search.BooleanQuery$Builder",
+            "org.apache.lucene.search.BooleanClause$Occur",
+            "org.apache.lucene.search.BoostQuery",
+        )
+    }
+    feature_field = lucene["FeatureField"]
+    rng = random.Random(7)
+    vocabulary = [f"w{index}" for index in range(40)] + [".", "...", "##.", "u.s.", "100%", "%2E"]
+    documents = [{term: rng.uniform(0.01, 14.0) for term in rng.sample(vocabulary, 12)} for _ in range(150)]
+
+    directory = lucene["ByteBuffersDirectory"]()
+    writer = lucene["IndexWriter"](directory, lucene["IndexWriterConfig"]())
+    for label, terms in enumerate(documents):
+        document = lucene["Document"]()
+        document.add(lucene["StoredField"]("label", label))
+        for feature, weight in store.features(terms).items():  # what upsert sends as splade_terms
+            document.add(feature_field(store.field, feature, weight))
+        writer.addDocument(document)
+    writer.close()
+    searcher = lucene["IndexSearcher"](
+        cast("org.apache.lucene.index.IndexReader", lucene["DirectoryReader"].open(directory))
+    )
+
+    clipped = [{term: min(weight, 10.0) for term, weight in terms.items()} for terms in documents]
+    for _ in range(25):
+        query = {term: rng.uniform(0.01, 14.0) for term in rng.sample(vocabulary, 8)}
+        body = store.search_body(tenant="tenant-a", features=store.features(query), k=200)
+        builder = lucene["BooleanQuery_Builder"]()
+        for clause in body["query"]["bool"]["should"]:
+            field, feature = clause["rank_feature"]["field"].rsplit(".", 1)  # as OpenSearch resolves the path
+            linear = feature_field.newLinearQuery(field, feature, 1.0)
+            builder.add(
+                lucene["BoostQuery"](linear, clause["rank_feature"]["boost"]), lucene["BooleanClause_Occur"].SHOULD
+            )
+        found = searcher.search(builder.build(), 200).scoreDocs
+        exact = {label: dot({t: min(w, 10.0) for t, w in query.items()}, terms) for label, terms in enumerate(clipped)}
+        assert len(found) == sum(1 for score in exact.values() if score > 0)
+        for hit in found:
+            label = int(searcher.storedFields().document(hit.doc).getField("label").numericValue().intValue())
+            assert hit.score == pytest.approx(exact[label], rel=2**-8)
+
+    for refused in (0.0, -1.0, MIN_WEIGHT * 0.999):
+        with pytest.raises(JavaException, match="positive normal float"):
+            feature_field(store.field, "x", refused)
+        assert store.features({"x": refused, "y": 1.0}) == {"y": 1.0}  # dropped before anything is sent
+    with pytest.raises(JavaException, match="must be finite"):
+        feature_field(store.field, "x", math.nan)  # the store refuses NaN itself (test_upsert_checks_every_item...)
+    feature_field(store.field, "x", MIN_WEIGHT)  # the least weight the store keeps is one Lucene takes
 
 
 # --- manage.py apply_rank_features ---------------------------------------------------------------------------------
