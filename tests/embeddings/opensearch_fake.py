@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -268,3 +269,10 @@ def assert_project_error(error: BaseException) -> None:
 requires_opensearch = pytest.mark.skipif(
     not os.environ.get("OPENSEARCH_URL"), reason="OPENSEARCH_URL is not set: no OpenSearch server here"
 )
+
+
+def on_live_cluster(settings: Any) -> str:
+    """Point the stores at the real cluster of OPENSEARCH_URL, with an index prefix of this test's own (returned)."""
+    settings.OPENSEARCH_URL = os.environ["OPENSEARCH_URL"]
+    settings.OPENSEARCH_INDEX_PREFIX = f"medkg-test-{uuid.uuid4().hex[:8]}-"
+    return str(settings.OPENSEARCH_INDEX_PREFIX)

@@ -15,10 +15,8 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import random
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from tests.embeddings.opensearch_fake import (
     FakeOpenSearch,
     assert_project_error,
     error_body,
+    on_live_cluster,
     requires_opensearch,
     search_answer,
 )
@@ -588,8 +587,7 @@ def dot(query: dict[str, float], document: dict[str, float]) -> float:
 @pytest.fixture
 def live_store(settings: Any) -> Iterator[OpenSearchSparseStore]:
     """A store on the real cluster, in an index of its own that is deleted afterwards."""
-    settings.OPENSEARCH_URL = os.environ["OPENSEARCH_URL"]
-    settings.OPENSEARCH_INDEX_PREFIX = f"medkg-test-{uuid.uuid4().hex[:8]}-"
+    on_live_cluster(settings)
     store = OpenSearchSparseStore(CONFIG)
     yield store
     store.drop()
@@ -623,10 +621,8 @@ def test_live_dot_product_order_tenant_isolation_and_delete(live_store: OpenSear
 @pytest.mark.opensearch
 @requires_opensearch
 def test_live_apply_rank_features_is_idempotent(settings: Any) -> None:
-    settings.OPENSEARCH_URL = os.environ["OPENSEARCH_URL"]
-    settings.OPENSEARCH_INDEX_PREFIX = f"medkg-test-{uuid.uuid4().hex[:8]}-"
+    template = f"{on_live_cluster(settings)}sparse-splade_tiny-30522-v1"
     settings.MEDKG_SPARSE_STORE = "opensearch"
-    template = f"{settings.OPENSEARCH_INDEX_PREFIX}sparse-splade_tiny-30522-v1"
     try:
         assert apply().endswith("  applied\n")
         assert apply() == f"{NAMESPACE}: _index_template/{template}\n  unchanged\n"

@@ -17,9 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +35,7 @@ from tests.embeddings.opensearch_fake import (
     FakeOpenSearch,
     assert_project_error,
     error_body,
+    on_live_cluster,
     requires_opensearch,
     search_answer,
 )
@@ -615,8 +614,7 @@ def test_readiness_says_why_not(fake: FakeOpenSearch, store: OpenSearchStore, se
 @pytest.fixture
 def live_store(settings: Any) -> Iterator[OpenSearchStore]:
     """A store on the real cluster, in an index of its own that is deleted afterwards."""
-    settings.OPENSEARCH_URL = os.environ["OPENSEARCH_URL"]
-    settings.OPENSEARCH_INDEX_PREFIX = f"medkg-test-{uuid.uuid4().hex[:8]}-"
+    on_live_cluster(settings)
     store = OpenSearchStore(StoreConfig(namespace="single_vector.live.8.v1", dim=8, backend="opensearch"))
     yield store
     store.drop()
