@@ -255,3 +255,30 @@ def test_hybrid_with_a_namespace_of_another_tenant_is_refused_and_audited(
     assert AccessAuditEvent.objects.filter(
         token_tenant="tenant-b", namespace=restricted_namespace.name, reason="namespace_not_granted"
     ).exists()
+
+
+def test_a_lost_sparse_index_is_rebuilt_from_the_database_without_the_model(
+    synced: dict[str, Namespace], api: Any, ingest: Any, token_a_write: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.core.management import call_command
+
+    from embeddings.providers.splade import SpladeProvider
+
+    ingest(token_a_write, "tenant-a", SPLADE, DOCS)
+    search = f"/v1/namespaces/{SPLADE}/search"
+    before = api.post(search, {"tenant_id": "tenant-a", "query": "cholesterol drugs"}, token=token_a_write).json()
+    store = sparse_store_for(synced[SPLADE])
+    store.drop()
+    assert store.count(tenant="tenant-a") == 0
+
+    def no_model(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the bootstrap must use the stored term weights, not the model")
+
+    monkeypatch.setattr(SpladeProvider, "encode", no_model)  # only for the bootstrap below
+    call_command("bootstrap_faiss", "--namespace", SPLADE)
+    monkeypatch.undo()
+    assert store.labels(tenant="tenant-a") == set(
+        Document.objects.filter(namespace__name=SPLADE).values_list("pk", flat=True)
+    )
+    after = api.post(search, {"tenant_id": "tenant-a", "query": "cholesterol drugs"}, token=token_a_write).json()
+    assert after["hits"] == before["hits"]
