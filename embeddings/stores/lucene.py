@@ -28,7 +28,7 @@ from typing import Any
 from django.conf import settings
 
 from embeddings.providers.bm25 import english_analyzer
-from embeddings.pyserini_runtime import java_class, java_error, jvm_status, pyserini_module
+from embeddings.pyserini_runtime import java_class, java_error, jvm_status
 from embeddings.stores.base import SearchHit, SparseItem, SparseStore, SparseStoreConfig, StoreStats
 from embeddings.stores.faiss import _safe_component
 from medkg.errors import BackendError, MedkgError
@@ -64,12 +64,11 @@ def latest_commit(path: Path) -> tuple[str, int] | None:
 @dataclass
 class _OpenSearcher:
     commit: tuple[str, int]
-    searcher: Any  # pyserini.search.lucene.LuceneSearcher
+    searcher: Any  # io.anserini.search.SimpleSearcher
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.searcher.close()
-            self.searcher.index_reader.reader.close()  # LuceneSearcher opens a second reader and never closes it
 
 
 class LuceneStore(SparseStore):
@@ -198,7 +197,7 @@ class LuceneStore(SparseStore):
     # Reads
 
     def _searcher(self, tenant: str) -> Any:
-        """The tenant's LuceneSearcher at its newest commit (reopened when any process committed); hold the lock."""
+        """The tenant's SimpleSearcher at its newest commit (reopened when any process committed); hold the lock."""
         path = self.path_for(tenant)
         commit = latest_commit(path)
         opened = self._searchers.get(tenant)
@@ -209,10 +208,11 @@ class LuceneStore(SparseStore):
             del self._searchers[tenant]
         if commit is None:
             return None
-        lucene = pyserini_module("pyserini.search.lucene")
         java_class("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(MAX_QUERY_CLAUSES)
         try:
-            searcher = lucene.LuceneSearcher(str(path))
+            # Anserini's SimpleSearcher, the object Pyserini's LuceneSearcher wraps: the same search, without
+            # importing pyserini.search.lucene (torch, transformers: 7+ s in each worker) or its second reader.
+            searcher = java_class("io.anserini.search.SimpleSearcher")(str(path))
         except Exception as error:  # jnius.JavaException
             raise self._error("open the index", tenant, error) from error
         searcher.set_bm25(self.k1, self.b)
@@ -263,14 +263,16 @@ class LuceneStore(SparseStore):
         path = self.path_for(tenant)
         if latest_commit(path) is None:
             return []
-        query = self._query(query_terms, query_text, allowed_labels)
+        # Plain text and no restriction: Pyserini's own call (analysis and query building inside Java).
+        plain = bool(query_text.strip()) and allowed_labels is None
+        query = query_text if plain else self._query(query_terms, query_text, allowed_labels)
         # One lock per tenant: a Pyserini searcher shared by threads returned wrong scores.
         with self._lock(self._search_locks, tenant):
             searcher = self._searcher(tenant)
             if searcher is None:
                 return []
             try:
-                hits = searcher.search(query, k=k)
+                hits = searcher.search(query, k)
             except Exception as error:  # jnius.JavaException
                 raise self._error("search", tenant, error) from error
             return [SearchHit(label=int(hit.docid), score=float(hit.score)) for hit in hits if hit.score > 0]
