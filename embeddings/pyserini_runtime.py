@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -22,6 +23,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from django.conf import settings
 
 from medkg.errors import BackendError, BackendUnavailable
 from medkg.logging import log_event
@@ -135,7 +138,8 @@ def _start_locked() -> None:
 
         jnius_config.add_classpath(str(jar))
         options = [option for option in jnius_config.get_options() if option not in _UNSUPPORTED_JVM_OPTIONS]
-        jnius_config.set_options(*options, *(option for option in _JVM_OPTIONS if option not in options))
+        wanted = [*_JVM_OPTIONS, *shlex.split(getattr(settings, "PYSERINI_JVM_OPTIONS", "") or "")]
+        jnius_config.set_options(*options, *(option for option in wanted if option not in options))
     # pyserini.search.lucene imports its OpenAI encoders, which want a key even when unused. Never logged.
     os.environ.setdefault("OPENAI_API_KEY", "unused-by-medkg")
     try:

@@ -172,7 +172,6 @@ class LuceneStore(SparseStore):
         with self._writer(tenant) as writer:
             for label, text in latest.items():
                 writer.updateDocument(term_class(ID_FIELD, str(label)), self._document(generator, label, text or ""))
-        log_event(logger, "lucene_upserted", namespace=self.config.namespace, tenant=tenant, documents=len(latest))
         return len(latest)
 
     def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
@@ -189,6 +188,7 @@ class LuceneStore(SparseStore):
         for name in [tenant] if tenant is not None else self.tenants():
             with self._exclusive(name) as path:
                 shutil.rmtree(path, ignore_errors=True)
+            log_event(logger, "lucene_index_dropped", namespace=self.config.namespace, tenant=name)
             with self._lock(self._search_locks, name):
                 opened = self._searchers.pop(name, None)
                 if opened is not None:
