@@ -174,6 +174,12 @@ def pyserini_module(name: str) -> Any:
         raise _unavailable(f"{name} cannot be imported ({error}); {INSTALL_HINT}.") from error
 
 
+def english_analyzer() -> Any:
+    """Anserini's default English analyzer (Java), the one IndexCollection indexes `contents` with (thread-safe)."""
+    analysis = pyserini_module("pyserini.analysis")
+    return analysis.get_lucene_analyzer(language="en", stemming=True, stemmer="porter", stopwords=True)
+
+
 def java_error(error: BaseException) -> str:
     """A one-line description of a Java exception raised through jnius (its class and message)."""
     text = str(error).strip().splitlines()

@@ -13,14 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from embeddings.providers.base import Readiness, SparseProvider, TermWeights
-from embeddings.pyserini_runtime import java_error, jvm_status, pyserini_module
+from embeddings.pyserini_runtime import english_analyzer, java_error, jvm_status, pyserini_module
 from medkg.errors import BackendError
-
-
-def english_analyzer() -> Any:
-    """Anserini's default English analyzer (a Java object), the one IndexCollection indexes `contents` with."""
-    analysis = pyserini_module("pyserini.analysis")
-    return analysis.get_lucene_analyzer(language="en", stemming=True, stemmer="porter", stopwords=True)
 
 
 class Bm25Provider(SparseProvider):
@@ -35,7 +29,7 @@ class Bm25Provider(SparseProvider):
         with self._lock:
             if self._analyzer is None:
                 analysis = pyserini_module("pyserini.analysis")
-                self._analyzer = analysis.Analyzer(english_analyzer())
+                self._analyzer = analysis.Analyzer(english_analyzer())  # Pyserini's Python wrapper around it
             return self._analyzer
 
     def encode(self, texts: Sequence[str], *, query: bool) -> list[TermWeights]:

@@ -27,8 +27,7 @@ from typing import Any
 
 from django.conf import settings
 
-from embeddings.providers.bm25 import english_analyzer
-from embeddings.pyserini_runtime import java_class, java_error, jvm_status
+from embeddings.pyserini_runtime import english_analyzer, java_class, java_error, jvm_status
 from embeddings.stores.base import SearchHit, SparseItem, SparseStore, SparseStoreConfig, StoreStats
 from embeddings.stores.faiss import _safe_component
 from medkg.errors import BackendError, MedkgError
