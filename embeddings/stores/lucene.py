@@ -183,6 +183,19 @@ class LuceneStore(SparseStore):
             removed = before - writer.getDocStats().numDocs
         return int(removed)
 
+    def optimize(self, *, tenant: str) -> None:
+        """Merge the tenant's index into one segment, without its deleted documents.
+
+        For the end of a bootstrap or rebuild, or after many updates: a search costs time per segment (an index
+        ingested in 1,000-document commits answers about 3x slower than the same index merged), and until a merge
+        replaced and deleted documents still count in BM25's document frequencies. Rewrites the whole index.
+        """
+        if latest_commit(self.path_for(tenant)) is None:
+            return
+        with self._writer(tenant) as writer:
+            writer.forceMerge(1)
+        log_event(logger, "lucene_index_optimized", namespace=self.config.namespace, tenant=tenant)
+
     def drop(self, *, tenant: str | None = None) -> None:
         for name in [tenant] if tenant is not None else self.tenants():
             with self._exclusive(name) as path:

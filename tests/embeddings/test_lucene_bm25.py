@@ -222,6 +222,34 @@ def test_k1_and_b_come_from_the_namespace_parameters(tmp_path: Path) -> None:
     assert [hit.score for hit in default_hits] != [hit.score for hit in tuned_hits]
 
 
+def test_optimize_restores_the_statistics_of_a_fresh_index(tmp_path: Path) -> None:
+    """One segment, no deleted documents, and the scores of an index built fresh from the live documents."""
+    store, fresh = make_store(tmp_path / "updated"), make_store(tmp_path / "fresh")
+    for label, text in CORPUS.items():  # one commit each: many segments
+        store.upsert(tenant="a", items=items({label: text}))
+    store.upsert(tenant="a", items=items({13: "Glaucoma damages the optic nerve", 19: CORPUS[19]}))
+    store.delete(tenant="a", labels=[11])
+    live = {**{label: text for label, text in CORPUS.items() if label != 11}, 13: "Glaucoma damages the optic nerve"}
+    fresh.upsert(tenant="a", items=items(live))
+
+    def scores(of: LuceneStore) -> list[list[tuple[int, float]]]:
+        return [
+            [(hit.label, round(hit.score, 3)) for hit in of.search(tenant="a", query_terms={}, query_text=q, k=10)]
+            for q in QUERIES
+        ]
+
+    def segments() -> int:
+        return len([name for name in os.listdir(store.path_for("a")) if name.endswith(".si")])
+
+    assert segments() > 1
+    store.optimize(tenant="a")
+    assert segments() == 1 and store.stats()[0].tombstones == 0
+    assert scores(store) == scores(fresh)
+    assert store.labels(tenant="a") == set(live)
+    store.optimize(tenant="nobody")  # no index: nothing to do, nothing created
+    assert not store.path_for("nobody").exists()
+
+
 def test_bad_tenant_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BackendError):
         make_store(tmp_path).upsert(tenant="../escape", items=items({1: "text"}))
