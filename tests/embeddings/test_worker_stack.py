@@ -95,9 +95,9 @@ class Stack:
         headers = {"Authorization": f"Bearer {self.tokens[tenant]}"}
         return httpx.request(method, self.base_url + path, json=body, headers=headers, timeout=60)
 
-    def ingest(self, tenant: str, documents: list[dict[str, Any]]) -> str:
+    def ingest(self, tenant: str, documents: list[dict[str, Any]], namespace: str = NAMESPACE) -> str:
         response = self.request(
-            "POST", f"/v1/namespaces/{NAMESPACE}/documents", tenant, {"tenant_id": tenant, "documents": documents}
+            "POST", f"/v1/namespaces/{namespace}/documents", tenant, {"tenant_id": tenant, "documents": documents}
         )
         assert response.status_code == 202, response.text
         return str(response.json()["job_id"])
@@ -118,9 +118,9 @@ class Stack:
                 pytest.fail(f"job {job_id} is {job}, expected {status}\n{logs}")
             time.sleep(0.5)
 
-    def search(self, tenant: str, query: str, k: int = 10) -> list[dict[str, Any]]:
+    def search(self, tenant: str, query: str, k: int = 10, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
         response = self.request(
-            "POST", f"/v1/namespaces/{NAMESPACE}/search", tenant, {"tenant_id": tenant, "query": query, "k": k}
+            "POST", f"/v1/namespaces/{namespace}/search", tenant, {"tenant_id": tenant, "query": query, "k": k}
         )
         assert response.status_code == 200, response.text
         return list(response.json()["hits"])
@@ -199,6 +199,20 @@ def test_ingest_and_search_through_a_real_worker(stack: Stack) -> None:
     assert hits[0]["id"] == "a-17" and hits[0]["metadata"] == sent[17]["metadata"]
     assert "embeddings.ingestion_job" in stack.logs[0].read_text(errors="replace")  # the worker ran it, not the web
     assert stack.search("tenant-b", "Case report a number 17", k=50) == []  # another tenant sees nothing
+
+
+def test_bm25_indexed_by_a_forked_celery_worker_is_searched_by_gunicorn(stack: Stack) -> None:
+    """Pyserini's JVM starts in the prefork child that runs the job and in the gunicorn worker that searches: each
+    process its own, none inherited across a fork. The Lucene index the worker commits is what the web reads."""
+    bm25 = "sparse.bm25.auto.v1"
+    sent = documents("bm", 40)
+    job = stack.wait_job("tenant-a", stack.ingest("tenant-a", sent, namespace=bm25))
+    assert job["processed"] == job["total"] == 40
+    hits = stack.search("tenant-a", "oncology", k=50, namespace=bm25)
+    assert {hit["id"] for hit in hits} == {d["id"] for d in sent if d["metadata"]["topic"] == "oncology"}
+    assert stack.search("tenant-b", "oncology", k=50, namespace=bm25) == []
+    worker_log = stack.logs[0].read_text(errors="replace")
+    assert "pyserini_jvm_started" in worker_log and "a JVM does not survive fork" not in worker_log
 
 
 def test_a_worker_killed_mid_job_loses_nothing_and_duplicates_nothing(stack: Stack) -> None:
