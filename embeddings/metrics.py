@@ -138,3 +138,26 @@ class StoreStateCollector:
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # no scrape at registration time
+
+
+# --- dynamic batching (label: the model's short name, one per loaded model) ---
+BATCH_SIZE = Histogram(
+    "embedding_batch_texts",
+    "Texts per batched forward pass of an in-process model.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_REQUESTS = Histogram(
+    "embedding_batch_requests",
+    "Requests merged into one forward pass of an in-process model.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+BATCH_FAILURES = Counter(
+    "embedding_batch_failures_total", "Batched forward passes that failed (each fails only its requests).", ["model"]
+)
+BATCH_DEADLINE_MISSED = Counter(
+    "embedding_batch_deadline_missed_total",
+    "Requests that waited for a forward pass until their deadline (answered 503).",
+    ["model"],
+)

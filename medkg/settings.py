@@ -199,6 +199,8 @@ MEDKG_MAX_REQUEST_BYTES = positive_int("MEDKG_MAX_REQUEST_BYTES", 4 * 1024 * 102
 MEDKG_MAX_TEXT_CHARS = positive_int("MEDKG_MAX_TEXT_CHARS", 100_000)
 MEDKG_PRELOAD_MODELS = env.bool("MEDKG_PRELOAD_MODELS", default=False)
 MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", default=30.0)
+# Concurrent requests share forward passes of the in-process model (limits: vllm.yaml's batching section).
+MEDKG_DYNAMIC_BATCHING = env.bool("MEDKG_DYNAMIC_BATCHING", default=True)
 # torch sizes its thread pool from the host's cores, not a container's CPU limit: set this to the limit.
 MEDKG_TORCH_THREADS = env.int("MEDKG_TORCH_THREADS", default=0) or None
 VLLM_URL = env.str("VLLM_URL", default="")
