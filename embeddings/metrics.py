@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from medkg.errors import MedkgError
@@ -160,4 +160,23 @@ BATCH_DEADLINE_MISSED = Counter(
     "embedding_batch_deadline_missed_total",
     "Requests that waited for a forward pass until their deadline (answered 503).",
     ["model"],
+)
+
+
+# --- automatic failover ---
+FAILOVER = Counter(
+    "embedding_failover_total",
+    "Requests of a namespace whose provider was unavailable, by outcome: served (by the fallback), "
+    "refused (no usable fallback: other dimension, missing) or fallback_failed.",
+    ["namespace", "outcome"],
+)
+CIRCUIT_STATE = Gauge(
+    "embedding_circuit_state",
+    "Circuit breaker of a namespace's provider: 0 closed, 1 open, 2 half-open.",
+    ["namespace"],
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "embedding_circuit_transitions_total",
+    "Circuit breaker state changes, by namespace and new state.",
+    ["namespace", "state"],
 )

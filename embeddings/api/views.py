@@ -16,11 +16,15 @@ from embeddings.api.serializers import (
     OpenAIEmbeddingsInputSerializer,
     OpenAIEmbeddingsOutputSerializer,
 )
+from embeddings.failover import embeddings_compute_failover
 from embeddings.metrics import request_observed
-from embeddings.services import EmbeddingBatch, embeddings_compute
+from embeddings.services import EmbeddingBatch
 from medkg.api.access import namespace_granted
-from medkg.api.permissions import check_claimed_tenant
+from medkg.api.permissions import check_claimed_tenant, principal_of
 from medkg.errors import InvalidRequest
+from namespaces.quotas import quota_charge_tokens
+
+SERVED_BY_HEADER = "X-Medkg-Served-By"
 
 
 class EmbedView(APIView):
@@ -35,13 +39,19 @@ class EmbedView(APIView):
         namespace = namespace_granted(request, name=data["namespace"], scope=self.required_scope)
         options = data.get("options") or {}
         with request_observed(namespace=namespace.name, endpoint="embed"):
-            batch = embeddings_compute(
+            batch = embeddings_compute_failover(
                 namespace=namespace,
                 texts=data["texts"],
                 normalize=options.get("normalize"),
                 truncate=options.get("truncate", False),
             )
-        return Response(_embed_response(batch))
+        return _served(request, batch, _embed_response(batch))
+
+
+def _served(request: Request, batch: EmbeddingBatch, body: dict[str, object]) -> Response:
+    """The answer, named by the namespace that computed it, with the tokens charged to the tenant's quota."""
+    quota_charge_tokens(tenant=principal_of(request).tenant, tokens=batch.total_tokens)
+    return Response(body, headers={SERVED_BY_HEADER: batch.namespace.name})
 
 
 def _embed_response(batch: EmbeddingBatch) -> dict[str, object]:
@@ -82,18 +92,20 @@ class OpenAIEmbeddingsView(APIView):
             )
         with request_observed(namespace=namespace.name, endpoint="openai_embeddings"):
             truncate = data["truncate"] or data.get("truncate_prompt_tokens", 0) >= 1
-            batch = embeddings_compute(namespace=namespace, texts=data["input"], truncate=truncate)
+            batch = embeddings_compute_failover(namespace=namespace, texts=data["input"], truncate=truncate)
         as_base64 = data["encoding_format"] == "base64"
-        return Response(
+        return _served(
+            request,
+            batch,
             {
                 "object": "list",
                 "data": [
                     {"object": "embedding", "index": i, "embedding": _encode(vector, as_base64)}
                     for i, vector in enumerate(batch.vectors)
                 ],
-                "model": namespace.name,
+                "model": batch.namespace.name,
                 "usage": {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens},
-            }
+            },
         )
 
 
