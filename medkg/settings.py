@@ -212,6 +212,10 @@ MEDKG_BREAKER_FAILURE_THRESHOLD = positive_int("MEDKG_BREAKER_FAILURE_THRESHOLD"
 MEDKG_BREAKER_RESET_SECONDS = env.float("MEDKG_BREAKER_RESET_SECONDS", default=5.0)
 # torch sizes its thread pool from the host's cores, not a container's CPU limit: set this to the limit.
 MEDKG_TORCH_THREADS = env.int("MEDKG_TORCH_THREADS", default=0) or None
+# OpenMP threads that spin between forward passes take the cores the request threads need to parse the next
+# requests (bench/embed_throughput.py --sweep: dynamic batching gained nothing with spinning, 2x with passive
+# waits on a busy 2-core host). Read by libgomp when torch loads, which is after the settings.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 VLLM_URL = env.str("VLLM_URL", default="")
 VLLM_API_KEY = secret("VLLM_API_KEY", "") or ""
 # URLs that may carry credentials: each can come from NAME_FILE too.
