@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt constraints.txt
 	$(PIP) install --quiet -r requirements.txt -c constraints.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+$(VENV)/.installed-dev: requirements-dev.txt requirements-sparse.txt $(VENV)/.installed
 	$(PIP) install --quiet -r requirements-dev.txt -c constraints.txt
 	touch $@
 

@@ -64,6 +64,9 @@ from tqdm import tqdm
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The service's own default (medkg/settings.py), so that raw, medkg and Infinity run torch alike: spinning
+# OpenMP threads collapse under CPU contention, and the raw side must not be the one that pays for it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "single_vector.minilm.384.v1"

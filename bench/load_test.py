@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python bench/load_test.py [--duration 300] [--rate 40] [--clients 16] [--batch 1]
+    .venv/bin/python bench/load_test.py [--duration 300] [--rate 30] [--clients 16] [--batch 1]
 
 It starts the service as bench/embed_throughput.py does (`make serve`'s gunicorn command line on a free
 loopback port, throwaway SQLite, the model preloaded, dynamic batching as configured), or uses a running
@@ -142,7 +142,7 @@ def target_running(arguments: argparse.Namespace) -> Iterator[throughput.Target]
 def arguments_parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=300.0, help="Seconds of load (default 300).")
-    parser.add_argument("--rate", type=float, default=40.0, help="Requests per second offered (default 40).")
+    parser.add_argument("--rate", type=float, default=30.0, help="Requests per second offered (default 30).")
     parser.add_argument("--clients", type=int, default=16, help="Concurrent connections (default 16).")
     parser.add_argument("--batch", type=int, default=1, help="Texts per request (default 1).")
     parser.add_argument("--url", default="", help="A running medkg (loopback) instead of starting one.")

@@ -19,10 +19,12 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from embeddings.fusion import RRF_K, FusionMethod, fuse
 from embeddings.ingestion import IncomingDocument, documents_accept, ingestion_is_paused
 from embeddings.models import Document, EvaluationRun, IngestionJob, JobStatus
 from embeddings.selectors import documents_search
-from embeddings.stores.registry import store_for
+from embeddings.services import INDEXED_KINDS, namespace_check_usable
+from embeddings.stores.registry import index_for
 from medkg.errors import BackendError, InvalidRequest
 from medkg.logging import log_event
 from namespaces.models import Namespace, Tenant
@@ -92,59 +94,136 @@ def retrieval_metrics(runs: dict[str, list[str]], qrels: dict[str, dict[str, int
     }
 
 
+@dataclass(frozen=True)
+class FusionSpec:
+    """Which evaluated namespaces to fuse, with their weights, and how."""
+
+    method: FusionMethod
+    weights: dict[str, float]  # namespace name -> weight; only these namespaces are fused
+    rrf_k: int = RRF_K
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name}:{weight:g}" for name, weight in self.weights.items())
+        return f"rrf(k={self.rrf_k}; {parts})" if self.method == "rrf" else f"minmax({parts})"
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    runs: list[EvaluationRun]  # one per namespace, each alone
+    fused: EvaluationRun | None  # the fusion's run, when one was asked for
+
+
 def retrieval_evaluate(
     *,
-    namespace: Namespace,
+    namespaces: Sequence[Namespace],
     dataset_path: Path,
+    fusion: FusionSpec | None = None,
     progress: Progress | None = None,
     keep_tenant: bool = False,
     poll_seconds: float = 0.5,
-) -> EvaluationRun:
-    """Ingest the corpus into a throwaway tenant, run the judged queries, store and return the run."""
+) -> EvaluationReport:
+    """Ingest the corpus into a throwaway tenant in every namespace, run the judged queries, store and return the runs.
+
+    Each namespace is measured alone; with `fusion`, the same per-namespace rankings are also fused (hybrid search)
+    and measured, so a hybrid figure and its parts come from one ingestion.
+    """
     dataset = beir_load(dataset_path)
-    if ingestion_is_paused(namespace=namespace):
-        raise InvalidRequest(f"Ingestion is paused for {namespace.name}; resume it to evaluate.")
+    names = [namespace.name for namespace in namespaces]
+    if not namespaces or len(set(names)) != len(names):
+        raise InvalidRequest("Name each namespace to evaluate once.")
+    if fusion is not None and (len(fusion.weights) < 2 or not set(fusion.weights) <= set(names)):
+        raise InvalidRequest(f"A fusion needs two or more of the evaluated namespaces {names}.")
+    for namespace in namespaces:
+        namespace_check_usable(namespace=namespace, kinds=INDEXED_KINDS)
+        if ingestion_is_paused(namespace=namespace):
+            raise InvalidRequest(f"Ingestion is paused for {namespace.name}; resume it to evaluate.")
     started = time.perf_counter()
     tenant = Tenant.objects.create(slug=f"eval-{secrets.token_hex(4)}", name=f"evaluation on {dataset.name}")
-    if not namespace.allow_all_tenants:
-        namespace.allowed_tenants.add(tenant)
     try:
-        _ingest(namespace, tenant, dataset, progress, poll_seconds)
-        runs: dict[str, list[str]] = {}
+        for namespace in namespaces:
+            if not namespace.allow_all_tenants:
+                namespace.allowed_tenants.add(tenant)
+        _ingest(namespaces, tenant, dataset, progress, poll_seconds)
+        ingested = time.perf_counter() - started
+        runs: dict[str, dict[str, list[str]]] = {name: {} for name in names}
+        fused_runs: dict[str, list[str]] = {}
+        search_seconds = dict.fromkeys(names, 0.0)
         for done, (query_id, text) in enumerate(dataset.queries.items(), start=1):
-            hits = documents_search(namespace=namespace, tenant=tenant, query=text, k=100)
-            runs[query_id] = [hit.id for hit in hits]
+            rankings: dict[str, list[tuple[str, float]]] = {}
+            for namespace in namespaces:
+                clock = time.perf_counter()
+                hits = documents_search(namespace=namespace, tenant=tenant, query=text, k=100)
+                search_seconds[namespace.name] += time.perf_counter() - clock
+                runs[namespace.name][query_id] = [hit.id for hit in hits]
+                rankings[namespace.name] = [(hit.id, hit.score) for hit in hits]
+            if fusion is not None:  # what hybrid_search does with the same lists (depth 100)
+                chosen = {name: rankings[name] for name in fusion.weights}
+                fused = fuse(chosen, fusion.weights, method=fusion.method, rrf_k=fusion.rrf_k)
+                fused_runs[query_id] = [hit.id for hit in fused[:100]]
             if progress:
                 progress("search", done, len(dataset.queries))
-        metrics = retrieval_metrics(runs, dataset.qrels)
-        run = EvaluationRun.objects.create(
-            namespace=namespace,
-            model_version=namespace.model_version,
-            dataset=dataset.name,
-            dataset_path=str(dataset.path),
-            metrics={name: round(value, 6) for name, value in metrics.items()},
-            queries=len(dataset.queries),
-            documents=len(dataset.corpus),
-            duration_seconds=round(time.perf_counter() - started, 3),
-        )
+        common = {
+            "dataset": dataset.name,
+            "dataset_path": str(dataset.path),
+            "queries": len(dataset.queries),
+            "documents": len(dataset.corpus),
+        }
+        report_runs = [
+            EvaluationRun.objects.create(
+                namespace=namespace,
+                model_version=namespace.model_version,
+                metrics=_rounded(retrieval_metrics(runs[namespace.name], dataset.qrels)),
+                duration_seconds=round(ingested + search_seconds[namespace.name], 3),
+                **common,
+            )
+            for namespace in namespaces
+        ]
+        fused_run = None
+        if fusion is not None:
+            first = next(namespace for namespace in namespaces if namespace.name in fusion.weights)
+            fused_run = EvaluationRun.objects.create(
+                namespace=first,
+                spec=fusion.describe(),
+                model_version=" + ".join(n.model_version for n in namespaces if n.name in fusion.weights),
+                metrics=_rounded(retrieval_metrics(fused_runs, dataset.qrels)),
+                duration_seconds=round(time.perf_counter() - started, 3),
+                **common,
+            )
     finally:
         if not keep_tenant:
-            _discard_tenant(namespace, tenant)
-    log_event(logger, "retrieval_evaluated", namespace=namespace.name, dataset=dataset.name, **run.metrics)
-    return run
+            _discard_tenant(namespaces, tenant)
+    for run in [*report_runs, *([fused_run] if fused_run else [])]:
+        log_event(
+            logger,
+            "retrieval_evaluated",
+            namespace=run.namespace.name,
+            spec=run.spec,
+            dataset=run.dataset,
+            **run.metrics,
+        )
+    return EvaluationReport(runs=report_runs, fused=fused_run)
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 6) for name, value in metrics.items()}
 
 
 def _ingest(
-    namespace: Namespace, tenant: Tenant, dataset: BeirDataset, progress: Progress | None, poll_seconds: float
+    namespaces: Sequence[Namespace],
+    tenant: Tenant,
+    dataset: BeirDataset,
+    progress: Progress | None,
+    poll_seconds: float,
 ) -> None:
     step = settings.MEDKG_MAX_DOCUMENTS_PER_REQUEST  # the same request size the API accepts
     jobs = []
-    for start in range(0, len(dataset.corpus), step):
-        with transaction.atomic():  # each chunk is dispatched on commit, as for an API request
-            jobs.append(
-                documents_accept(namespace=namespace, tenant=tenant, documents=dataset.corpus[start : start + step])
-            )
-    total = len(dataset.corpus)
+    for namespace in namespaces:
+        for start in range(0, len(dataset.corpus), step):
+            with transaction.atomic():  # each chunk is dispatched on commit, as for an API request
+                jobs.append(
+                    documents_accept(namespace=namespace, tenant=tenant, documents=dataset.corpus[start : start + step])
+                )
+    total = len(dataset.corpus) * len(namespaces)
     while True:
         states = list(
             IngestionJob.objects.filter(pk__in=[job.pk for job in jobs]).values("status", "processed", "error")
@@ -159,8 +238,9 @@ def _ingest(
         time.sleep(poll_seconds)
 
 
-def _discard_tenant(namespace: Namespace, tenant: Tenant) -> None:
-    store_for(namespace).drop(tenant=tenant.slug)
+def _discard_tenant(namespaces: Sequence[Namespace], tenant: Tenant) -> None:
+    for namespace in namespaces:
+        index_for(namespace).drop(tenant=tenant.slug)
     Document.objects.filter(tenant=tenant).delete()
     IngestionJob.objects.filter(tenant=tenant).delete()
     tenant.delete()

@@ -34,12 +34,13 @@ from embeddings.models import (
     JobKind,
     JobStatus,
 )
-from embeddings.services import embeddings_compute, namespace_check_usable
-from embeddings.stores.base import StoredVector
-from embeddings.stores.registry import store_for
+from embeddings.providers.registry import sparse_provider_for
+from embeddings.services import INDEXED_KINDS, embeddings_compute, namespace_check_usable, sparse_compute
+from embeddings.stores.base import SparseItem, SparseStore, StoredVector
+from embeddings.stores.registry import index_for
 from medkg.errors import BackendUnavailable, MedkgError
 from medkg.logging import log_event
-from namespaces.models import Namespace, Tenant
+from namespaces.models import Namespace, NamespaceKind, Tenant
 
 logger = logging.getLogger("medkg.embeddings.ingestion")
 
@@ -126,8 +127,8 @@ def ingestion_status() -> dict[str, Any]:
 
 def documents_accept(*, namespace: Namespace, tenant: Tenant, documents: Sequence[IncomingDocument]) -> IngestionJob:
     """Store the documents and queue a job that embeds and indexes them. Re-sending an id replaces it."""
-    namespace_check_usable(namespace=namespace)
-    store_for(namespace)  # an unusable store configuration is refused now, not in the worker
+    namespace_check_usable(namespace=namespace, kinds=INDEXED_KINDS)
+    index_for(namespace)  # an unusable store configuration is refused now, not in the worker
     latest = {document.id: document for document in documents}  # the same id twice: the last one wins
     for attempt in range(2):
         try:
@@ -178,7 +179,7 @@ def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list
             continue
         row.job = job
         if not same_text:
-            row.text, row.text_hash, row.vector = incoming.text, digest, None
+            row.text, row.text_hash, row.vector, row.terms = incoming.text, digest, None, None
             row.deleted_at = None
         if not same_text or row.metadata != incoming.metadata:
             row.version += 1  # written to the store again (stores that index metadata need it); the vector is kept
@@ -186,7 +187,7 @@ def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list
         changed.append(row)
     Document.objects.bulk_create(created, batch_size=500)
     Document.objects.bulk_update(
-        changed, ["text", "text_hash", "vector", "version", "deleted_at", "metadata", "job"], batch_size=500
+        changed, ["text", "text_hash", "vector", "terms", "version", "deleted_at", "metadata", "job"], batch_size=500
     )
     job.processed = unchanged
     if unchanged == len(documents) and not paused:
@@ -325,18 +326,18 @@ def _pending_of(job: IngestionJob) -> Any:
 def _upsert_run(job: IngestionJob) -> bool:
     """Index the job's documents step by step. False when a pause stopped it."""
     namespace, tenant = job.namespace, job.tenant
-    store = store_for(namespace)
+    store = index_for(namespace)
     while True:
         if ingestion_is_paused(namespace=namespace):
             return False
         batch = list(_pending_of(job).order_by("pk")[: settings.MEDKG_INGESTION_STEP])
         if not batch:
             return True
-        _embed_missing(namespace, batch)
-        written = store.upsert(
-            tenant=tenant.slug,
-            items=[_stored(row) for row in batch],
-        )
+        _encode_missing(namespace, batch)
+        if isinstance(store, SparseStore):
+            written = store.upsert(tenant=tenant.slug, items=[_sparse_item(row) for row in batch])
+        else:
+            written = store.upsert(tenant=tenant.slug, items=[_stored(row) for row in batch])
         metrics.VECTOR_STORE_UPSERTED.labels(namespace=namespace.name, store=store.config.backend).inc(written)
         for row in batch:  # only rows whose text did not change while we worked count as indexed
             Document.objects.filter(pk=row.pk, version=row.version).update(indexed_version=row.version)
@@ -345,14 +346,22 @@ def _upsert_run(job: IngestionJob) -> bool:
         _job_update(job, processed=max(job.total - remaining, 0))
 
 
+def _sparse_item(row: Document) -> SparseItem:
+    assert row.terms is not None  # _encode_missing filled it
+    return SparseItem(label=row.pk, terms=row.terms, text=row.text, external_id=row.external_id, metadata=row.metadata)
+
+
 def _stored(row: Document) -> StoredVector:
-    assert row.vector is not None  # _embed_missing filled it
+    assert row.vector is not None  # _encode_missing filled it
     return StoredVector(
         label=row.pk, vector=vector_from_bytes(row.vector), external_id=row.external_id, metadata=row.metadata
     )
 
 
-def _embed_missing(namespace: Namespace, batch: list[Document]) -> None:
+def _encode_missing(namespace: Namespace, batch: list[Document]) -> None:
+    if namespace.kind == NamespaceKind.SPARSE:
+        _weigh_missing(namespace, batch)
+        return
     missing = [row for row in batch if row.vector is None]
     if not missing:
         return
@@ -365,12 +374,27 @@ def _embed_missing(namespace: Namespace, batch: list[Document]) -> None:
         Document.objects.filter(pk=row.pk, version=row.version).update(vector=row.vector)
 
 
+def _weigh_missing(namespace: Namespace, batch: list[Document]) -> None:
+    """Term weights for the rows that have none; {} when the store analyses the text itself (BM25)."""
+    missing = [row for row in batch if row.terms is None]
+    if not missing:
+        return
+    if sparse_provider_for(namespace).encodes_documents:
+        encoded = sparse_compute(namespace=namespace, texts=[row.text for row in missing], query=False, truncate=True)
+        weights = encoded.terms
+    else:
+        weights = [{} for _ in missing]
+    for row, terms in zip(missing, weights, strict=True):
+        row.terms = terms
+        Document.objects.filter(pk=row.pk, version=row.version).update(terms=terms)
+
+
 def _delete_run(job: IngestionJob) -> bool:
     namespace = job.namespace
     if ingestion_is_paused(namespace=namespace):
         return False
     labels = list(Document.objects.filter(job=job, deleted_at__isnull=False).values_list("pk", flat=True))
-    store = store_for(namespace)
+    store = index_for(namespace)
     removed = store.delete(tenant=job.tenant.slug, labels=labels)
     metrics.VECTOR_STORE_DELETED.labels(namespace=namespace.name, store=store.config.backend).inc(removed)
     # Rows re-sent after the delete was accepted have deleted_at cleared and belong to a newer job: kept.

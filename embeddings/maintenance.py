@@ -8,16 +8,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import F, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from embeddings import metrics
 from embeddings.ingestion import ingestion_is_paused, ingestion_pause, ingestion_resume, vector_from_bytes
 from embeddings.models import Document, IngestionJob, JobStatus
-from embeddings.stores.base import StoredVector
-from embeddings.stores.registry import store_for
+from embeddings.stores.base import SparseItem, SparseStore, StoredVector
+from embeddings.stores.registry import index_for
 from medkg.errors import BackendUnavailable
 from medkg.logging import log_event
-from namespaces.models import Namespace, Tenant
+from namespaces.models import Namespace, NamespaceKind, Tenant
 
 logger = logging.getLogger("medkg.embeddings.maintenance")
 
@@ -34,15 +34,21 @@ class BootstrapReport:
     seconds: float = 0.0
 
 
+def _encoded(namespace: Namespace) -> Q:
+    """Rows that carry what the store needs: a vector (dense) or term weights (sparse; {} for text-indexing stores)."""
+    return Q(terms__isnull=False) if namespace.kind == NamespaceKind.SPARSE else Q(vector__isnull=False)
+
+
 def _with_vectors(namespace: Namespace, tenant: Tenant) -> QuerySet[Document]:
     return Document.objects.filter(
-        namespace=namespace, tenant=tenant, deleted_at__isnull=True, vector__isnull=False
+        _encoded(namespace), namespace=namespace, tenant=tenant, deleted_at__isnull=True
     ).order_by("pk")
 
 
 def _chunks(rows: QuerySet[Document], size: int, skip: set[int]) -> Iterator[list[tuple[Any, ...]]]:
     chunk: list[tuple[Any, ...]] = []
-    for row in rows.values_list("pk", "version", "vector", "external_id", "metadata").iterator(chunk_size=size):
+    fields = ("pk", "version", "vector", "terms", "text", "external_id", "metadata")
+    for row in rows.values_list(*fields).iterator(chunk_size=size):
         if row[0] in skip:
             continue
         chunk.append(row)
@@ -60,7 +66,7 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
     store are marked indexed. Documents still without a vector are left to their ingestion jobs.
     """
     started = time.perf_counter()
-    store = store_for(namespace)
+    store = index_for(namespace)
     report = BootstrapReport(namespace=namespace.name)
     tenant_ids = Document.objects.filter(namespace=namespace).values_list("tenant", flat=True).distinct()
     for tenant in Tenant.objects.filter(pk__in=tenant_ids).order_by("slug"):
@@ -77,14 +83,13 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
             if progress:
                 progress(tenant_slug, done, total)
 
-        def stored(chunk: list[tuple[Any, ...]]) -> list[StoredVector]:
-            return [
-                StoredVector(label=pk, vector=vector_from_bytes(vector), external_id=external_id, metadata=metadata)
-                for pk, _, vector, external_id, metadata in chunk
-            ]
-
         chunks = list(_chunks(rows, BOOTSTRAP_CHUNK, skip=present))
-        written = store.bulk_load(tenant=tenant.slug, chunks=(stored(c) for c in chunks), on_progress=on_progress)
+        if isinstance(store, SparseStore):
+            written = store.bulk_load(
+                tenant=tenant.slug, chunks=(_sparse_items(c) for c in chunks), on_progress=on_progress
+            )
+        else:
+            written = store.bulk_load(tenant=tenant.slug, chunks=(_vectors(c) for c in chunks), on_progress=on_progress)
         metrics.VECTOR_STORE_UPSERTED.labels(namespace=namespace.name, store=store.config.backend).inc(written)
         for chunk in chunks:
             for pk, version, *_ in chunk:
@@ -93,7 +98,8 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
         if progress and not total:
             progress(tenant.slug, 0, 0)
     report.pending = (
-        Document.objects.filter(namespace=namespace, deleted_at__isnull=True, vector__isnull=True)
+        Document.objects.filter(namespace=namespace, deleted_at__isnull=True)
+        .exclude(_encoded(namespace))
         .exclude(indexed_version=F("version"))
         .count()
     )
@@ -109,6 +115,20 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
         seconds=round(report.seconds, 3),
     )
     return report
+
+
+def _vectors(chunk: list[tuple[Any, ...]]) -> list[StoredVector]:
+    return [
+        StoredVector(label=pk, vector=vector_from_bytes(vector), external_id=external_id, metadata=metadata)
+        for pk, _, vector, _, _, external_id, metadata in chunk
+    ]
+
+
+def _sparse_items(chunk: list[tuple[Any, ...]]) -> list[SparseItem]:
+    return [
+        SparseItem(label=pk, terms=terms, text=text, external_id=external_id, metadata=metadata)
+        for pk, _, _, terms, text, external_id, metadata in chunk
+    ]
 
 
 @dataclass
@@ -129,7 +149,7 @@ def index_rebuild(
         _wait_for_running_jobs(namespace, wait_seconds)
         steps["pause"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        store_for(namespace).drop()
+        index_for(namespace).drop()
         steps["drop"] = time.perf_counter() - clock
         clock = time.perf_counter()
         report = index_bootstrap(namespace=namespace, progress=progress)

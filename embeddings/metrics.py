@@ -123,12 +123,15 @@ class StoreStateCollector:
             labels=["namespace", "store"],
         )
         try:
-            rows = Document.objects.values("namespace__name", "namespace__parameters").annotate(
+            rows = Document.objects.values("namespace__name", "namespace__parameters", "namespace__kind").annotate(
                 waiting=Count("pk", filter=~Q(indexed_version=F("version")) | Q(deleted_at__isnull=False)),
                 indexed=Count("pk", filter=Q(indexed_version=F("version"), deleted_at__isnull=True)),
             )
             for row in rows:
-                store = (row["namespace__parameters"] or {}).get("store") or settings.MEDKG_VECTOR_STORE
+                default = (
+                    settings.MEDKG_SPARSE_STORE if row["namespace__kind"] == "sparse" else settings.MEDKG_VECTOR_STORE
+                )
+                store = (row["namespace__parameters"] or {}).get("store") or default
                 queue.add_metric([row["namespace__name"]], row["waiting"])
                 vectors.add_metric([row["namespace__name"], store], row["indexed"])
         except (DatabaseError, RuntimeError):  # no database (or none allowed): export the families empty

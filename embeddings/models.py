@@ -14,7 +14,8 @@ from namespaces.models import Namespace, Tenant
 
 
 class Document(models.Model):
-    """One document of one tenant in one namespace; its vector is kept so an index can be rebuilt without the model.
+    """One document of one tenant in one namespace; its vector (dense) or term weights (sparse) are kept so an index
+    can be rebuilt without the model.
 
     `version` moves on every change of text; the store holds the document once `indexed_version == version`.
     `deleted_at` hides a document at once; the row goes when the delete has reached the store.
@@ -28,6 +29,9 @@ class Document(models.Model):
     text_hash = models.CharField(max_length=64, help_text="sha256 of the text")
     metadata = models.JSONField(default=dict, blank=True)
     vector = models.BinaryField(null=True, blank=True, help_text="float32 little-endian, namespace dim")
+    terms = models.JSONField(
+        null=True, blank=True, help_text="Sparse namespaces: {term: weight} (empty when the store indexes the text)"
+    )
     version = models.PositiveIntegerField(default=1)
     indexed_version = models.PositiveIntegerField(default=0)
     job = models.ForeignKey("IngestionJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="documents")
@@ -121,6 +125,11 @@ class EvaluationRun(models.Model):
 
     namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="evaluation_runs")
     model_version = models.CharField(max_length=100, blank=True)
+    spec = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Hybrid runs: the fusion, e.g. 'rrf(k=60; ns-a:1, ns-b:1)'; empty when one namespace was evaluated.",
+    )
     dataset = models.CharField(max_length=200, help_text="Dataset name, e.g. scifact")
     dataset_path = models.CharField(max_length=500, blank=True)
     metrics = models.JSONField(default=dict, help_text='e.g. {"ndcg_at_10": 0.6451, "recall_at_10": 0.7833}')
@@ -135,7 +144,7 @@ class EvaluationRun(models.Model):
 
     def __str__(self) -> str:
         ndcg = self.metrics.get("ndcg_at_10")
-        return f"{self.namespace.name} on {self.dataset}: nDCG@10 {ndcg}"
+        return f"{self.spec or self.namespace.name} on {self.dataset}: nDCG@10 {ndcg}"
 
     @property
     def ndcg_at_10(self) -> float | None:

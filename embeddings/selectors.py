@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -10,10 +11,11 @@ from uuid import UUID
 from django.db.models import Q
 
 from embeddings import metrics
+from embeddings.fusion import RRF_K, FusionMethod, SourceHit, fuse
 from embeddings.models import Document, IngestionJob
-from embeddings.services import embeddings_compute, namespace_check_usable
-from embeddings.stores.base import SearchHit, VectorStore
-from embeddings.stores.registry import store_for
+from embeddings.services import INDEXED_KINDS, embeddings_compute, namespace_check_usable, sparse_compute
+from embeddings.stores.base import SearchHit, SparseStore, VectorStore
+from embeddings.stores.registry import index_for
 from medkg.errors import AccessRefused, InvalidRequest
 from namespaces.models import Namespace, Tenant
 
@@ -57,11 +59,15 @@ def metadata_filter_q(filters: dict[str, Any]) -> Q:
 def documents_search(
     *, namespace: Namespace, tenant: Tenant, query: str, k: int, filters: dict[str, Any] | None = None
 ) -> list[DocumentHit]:
-    """The k documents of `tenant` nearest to `query`, best first. Never looks at another tenant's documents."""
-    namespace_check_usable(namespace=namespace)
+    """The k documents of `tenant` nearest to `query`, best first. Never looks at another tenant's documents.
+
+    Dense namespaces score by inner product of unit vectors; sparse ones by the store's own score (term-weight dot
+    product, or BM25).
+    """
+    namespace_check_usable(namespace=namespace, kinds=INDEXED_KINDS)
     started = time.perf_counter()
-    store = store_for(namespace)
-    query_vector = embeddings_compute(namespace=namespace, texts=[query], normalize=True, truncate=True).vectors[0]
+    store = index_for(namespace)
+    query_arguments = _query_arguments(namespace, store, query)
     mine = Document.objects.filter(namespace=namespace, tenant=tenant)
     allowed: list[int] | None = None
     if filters and not store.filters_natively:  # a store that indexes metadata applies them in its own query
@@ -81,8 +87,8 @@ def documents_search(
     hidden = mine.filter(deleted_at__isnull=False).count()
     hits = store_search_timed(
         store,
+        **query_arguments,
         tenant=tenant.slug,
-        query=query_vector,
         k=k + hidden,
         allowed_labels=allowed,
         filters=filters if store.filters_natively else None,
@@ -104,7 +110,19 @@ def documents_search(
     return result[:k]
 
 
-def store_search_timed(store: VectorStore, **arguments: Any) -> list[SearchHit]:
+def _query_arguments(namespace: Namespace, store: VectorStore | SparseStore, query: str) -> dict[str, Any]:
+    """The query as the store takes it: a unit vector, term weights, or the text for stores that analyse it."""
+    if not isinstance(store, SparseStore):
+        return {
+            "query": embeddings_compute(namespace=namespace, texts=[query], normalize=True, truncate=True).vectors[0]
+        }
+    if store.indexes_text:
+        return {"query_terms": {}, "query_text": query}
+    terms = sparse_compute(namespace=namespace, texts=[query], query=True, truncate=True).terms[0]
+    return {"query_terms": terms, "query_text": query}
+
+
+def store_search_timed(store: VectorStore | SparseStore, **arguments: Any) -> list[SearchHit]:
     started = time.perf_counter()
     try:
         return store.search(**arguments)
@@ -112,3 +130,68 @@ def store_search_timed(store: VectorStore, **arguments: Any) -> list[SearchHit]:
         metrics.VECTOR_STORE_SEARCH_LATENCY.labels(
             namespace=store.config.namespace, store=store.config.backend
         ).observe(time.perf_counter() - started)
+
+
+# --- hybrid search ---
+
+
+@dataclass(frozen=True)
+class HybridPart:
+    namespace: Namespace
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class HybridHit:
+    id: str
+    score: float
+    metadata: dict[str, Any]
+    sources: dict[str, SourceHit]
+
+
+@dataclass(frozen=True)
+class HybridPage:
+    hits: list[HybridHit]
+    offset: int
+    has_more: bool
+    rankings: dict[str, list[DocumentHit]]  # each namespace's own list, best first (evaluation reads it)
+
+
+def hybrid_search(
+    *,
+    tenant: Tenant,
+    query: str,
+    parts: Sequence[HybridPart],
+    method: FusionMethod = "rrf",
+    k: int = 10,
+    offset: int = 0,
+    depth: int = 100,
+    rrf_k: int = RRF_K,
+    filters: dict[str, Any] | None = None,
+) -> HybridPage:
+    """One page of the fusion of several namespaces' searches in `tenant`; documents match by their id.
+
+    Each namespace returns its best `depth` (at least offset + k) candidates, which are fused (RRF or min-max).
+    """
+    depth = max(depth, offset + k)
+    rankings = {
+        part.namespace.name: documents_search(
+            namespace=part.namespace, tenant=tenant, query=query, k=depth, filters=filters
+        )
+        for part in parts
+    }
+    fused = fuse(
+        {name: [(hit.id, hit.score) for hit in hits] for name, hits in rankings.items()},
+        {part.namespace.name: part.weight for part in parts},
+        method=method,
+        rrf_k=rrf_k,
+    )
+    metadata: dict[str, dict[str, Any]] = {}
+    for hits in rankings.values():
+        for hit in hits:
+            metadata.setdefault(hit.id, hit.metadata)
+    page = [
+        HybridHit(id=hit.id, score=hit.score, metadata=metadata[hit.id], sources=hit.sources)
+        for hit in fused[offset : offset + k]
+    ]
+    return HybridPage(hits=page, offset=offset, has_more=len(fused) > offset + k, rankings=rankings)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from embeddings import metrics
-from embeddings.providers.registry import provider_for
+from embeddings.providers.base import TermWeights
+from embeddings.providers.registry import embedding_provider_for, sparse_provider_for
 from embeddings.tokenization import token_counts
 from medkg.errors import (
     BackendError,
@@ -46,14 +47,17 @@ class TokenCheck:
     exceeds_budget: bool
 
 
-def namespace_check_usable(*, namespace: Namespace) -> None:
+def namespace_check_usable(*, namespace: Namespace, kinds: Sequence[str] = (NamespaceKind.SINGLE_VECTOR,)) -> None:
     if not namespace.enabled:
         raise NamespaceDisabled(f"Namespace {namespace.name} is disabled.", details={"namespace": namespace.name})
-    if namespace.kind != NamespaceKind.SINGLE_VECTOR:
+    if namespace.kind not in kinds:
         raise UnsupportedNamespaceKind(
-            f"Namespace {namespace.name} is {namespace.kind}; this endpoint serves single_vector namespaces.",
-            details={"namespace": namespace.name, "kind": namespace.kind},
+            f"Namespace {namespace.name} is {namespace.kind}; this endpoint serves {' and '.join(kinds)} namespaces.",
+            details={"namespace": namespace.name, "kind": namespace.kind, "supported": list(kinds)},
         )
+
+
+INDEXED_KINDS = (NamespaceKind.SINGLE_VECTOR, NamespaceKind.SPARSE)  # kinds with a store behind them
 
 
 def texts_check_budget(*, namespace: Namespace, texts: Sequence[str]) -> list[TokenCheck]:
@@ -67,25 +71,8 @@ def embeddings_compute(
 ) -> EmbeddingBatch:
     """Embed `texts` in `namespace`. Over-budget texts are refused (422) unless `truncate`."""
     namespace_check_usable(namespace=namespace)
-    try:
-        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts)
-    except TokenizerUnavailable:
-        checks = None  # remote providers without a local tokenizer enforce the budget themselves
-    over = [check.text_index for check in checks or [] if check.exceeds_budget]
-    if over:
-        action = "truncated" if truncate else "refused"
-        metrics.TOKEN_BUDGET_EXCEEDED.labels(namespace=namespace.name, action=action).inc(len(over))
-        if not truncate:
-            raise TokenBudgetExceeded(
-                f"{len(over)} text(s) exceed the budget of {namespace.max_tokens} tokens; "
-                "shorten them or set options.truncate.",
-                details={
-                    "max_tokens": namespace.max_tokens,
-                    "indices": over,
-                    "token_counts": [checks[i].token_count for i in over] if checks else [],
-                },
-            )
-    provider = provider_for(namespace)
+    checks, over = _budget_checked(namespace, texts, truncate)
+    provider = embedding_provider_for(namespace)
     normalize = namespace.normalize if normalize is None else normalize
     started = time.perf_counter()
     try:
@@ -107,6 +94,66 @@ def embeddings_compute(
         truncated=over,
         normalized=normalize or provider.always_normalizes(),
     )
+
+
+def _budget_checked(
+    namespace: Namespace, texts: Sequence[str], truncate: bool
+) -> tuple[list[TokenCheck] | None, list[int]]:
+    """Token checks (None without a local tokenizer) and the over-budget indices; refuses them unless `truncate`."""
+    try:
+        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts)
+    except TokenizerUnavailable:
+        checks = None  # remote providers and Lucene's analyzer without a local tokenizer enforce the budget themselves
+    over = [check.text_index for check in checks or [] if check.exceeds_budget]
+    if over:
+        action = "truncated" if truncate else "refused"
+        metrics.TOKEN_BUDGET_EXCEEDED.labels(namespace=namespace.name, action=action).inc(len(over))
+        if not truncate:
+            raise TokenBudgetExceeded(
+                f"{len(over)} text(s) exceed the budget of {namespace.max_tokens} tokens; "
+                "shorten them or set options.truncate.",
+                details={
+                    "max_tokens": namespace.max_tokens,
+                    "indices": over,
+                    "token_counts": [checks[i].token_count for i in over] if checks else [],
+                },
+            )
+    return checks, over
+
+
+@dataclass(frozen=True)
+class SparseBatch:
+    namespace: Namespace
+    terms: list[TermWeights]  # per text: term -> weight > 0
+    token_counts: list[int]
+    truncated: list[int]
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_counts)
+
+
+def sparse_compute(*, namespace: Namespace, texts: Sequence[str], query: bool, truncate: bool = False) -> SparseBatch:
+    """Term weights of `texts` in a sparse namespace (query or document side). Over-budget texts as for dense."""
+    namespace_check_usable(namespace=namespace, kinds=(NamespaceKind.SPARSE,))
+    checks, over = _budget_checked(namespace, texts, truncate)
+    provider = sparse_provider_for(namespace)
+    started = time.perf_counter()
+    try:
+        terms = provider.encode(texts, query=query)
+    except MedkgError as error:
+        metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code=error.code).inc()
+        raise
+    metrics.PROVIDER_LATENCY.labels(namespace=namespace.name, provider=namespace.provider).observe(
+        time.perf_counter() - started
+    )
+    if len(terms) != len(texts):
+        metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code="backend_error").inc()
+        raise BackendError(f"Provider returned {len(terms)} term vectors for {len(texts)} texts.")
+    counts = [min(check.token_count, namespace.max_tokens) for check in checks] if checks else [0] * len(texts)
+    metrics.EMBEDDINGS_PRODUCED.labels(namespace=namespace.name).inc(len(texts))
+    metrics.TOKENS_PROCESSED.labels(namespace=namespace.name).inc(sum(counts))
+    return SparseBatch(namespace=namespace, terms=terms, token_counts=counts, truncated=over)
 
 
 def _check_vectors(namespace: Namespace, vectors: np.ndarray, expected: int) -> None:

@@ -233,6 +233,11 @@ FAISS_DATA_DIR = Path(env.str("FAISS_DATA_DIR", default=str(VAR_DIR / "faiss")))
 MEDKG_VECTOR_STORE = env.str("MEDKG_VECTOR_STORE", default="opensearch" if OPENSEARCH_URL else "faiss")
 if MEDKG_VECTOR_STORE not in {"faiss", "opensearch"}:
     raise ImproperlyConfigured(f"MEDKG_VECTOR_STORE must be faiss or opensearch, not {MEDKG_VECTOR_STORE!r}")
+# Where SPLADE-style term weights go: the embedded impact index beside the FAISS files, or OpenSearch rank_features.
+# A namespace's `parameters.store` wins (BM25 namespaces name `lucene`: Pyserini's own index).
+MEDKG_SPARSE_STORE = env.str("MEDKG_SPARSE_STORE", default="opensearch" if OPENSEARCH_URL else "impact")
+if MEDKG_SPARSE_STORE not in {"impact", "opensearch", "lucene"}:
+    raise ImproperlyConfigured(f"MEDKG_SPARSE_STORE must be impact, opensearch or lucene, not {MEDKG_SPARSE_STORE!r}")
 MEDKG_MAX_DOCUMENTS_PER_REQUEST = positive_int("MEDKG_MAX_DOCUMENTS_PER_REQUEST", 1000)
 MEDKG_MAX_SEARCH_K = positive_int("MEDKG_MAX_SEARCH_K", 1000)
 # Documents embedded and written to the store per step of an ingestion job (one durable index write per step).

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
-from embeddings.api.documents import DocumentsView, JobView, SearchView
+from embeddings.api.documents import DocumentsView, HybridSearchView, JobView, SearchView
 from embeddings.api.views import EmbedView, OpenAIEmbeddingsView
 from namespaces.api.views import NamespaceListView, NamespaceValidateView
 from operations.views import HealthView
@@ -22,6 +22,7 @@ urlpatterns = [
     path("v1/namespaces/<str:namespace>/validate", NamespaceValidateView.as_view(), name="namespace_validate"),
     path("v1/namespaces/<str:namespace>/documents", DocumentsView.as_view(), name="documents"),
     path("v1/namespaces/<str:namespace>/search", SearchView.as_view(), name="search"),
+    path("v1/search", HybridSearchView.as_view(), name="hybrid_search"),
     path("v1/jobs/<str:job_id>", JobView.as_view(), name="job"),
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
     path("v1/docs", SpectacularRedocView.as_view(url_name="schema"), name="docs"),

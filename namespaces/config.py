@@ -185,3 +185,83 @@ def load_vllm_config(path: Path, environ: dict[str, str] | None = None) -> VllmC
         field, reason = _first_error(error)
         source = "GPU_MEMORY_UTILIZATION" if field == "gpu_memory_utilization" and override is not None else str(path)
         raise ConfigError(source, field, reason) from error
+
+
+# --- Pyserini / SPLADE settings -------------------------------------------------
+
+_FIELD_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+
+
+class PyseriniModel(_Strict):
+    path: str = Field(min_length=1)  # a local folder or package:NAME/sub/folder; a namespace's model_path wins
+    version: str = ""
+
+
+class ExpansionSide(_Strict):
+    top_k_terms: int | None = Field(default=None, gt=0, le=30522)  # None keeps every positive term
+    min_weight: float = Field(default=0.0, ge=0)  # weights at or below this are dropped
+
+
+class PyseriniExpansion(_Strict):
+    doc_side: ExpansionSide
+    query_side: ExpansionSide
+
+
+class PyseriniOpenSearch(_Strict):
+    rank_features_field: str
+    max_weight: float = Field(gt=0)  # term weights are clipped to this before indexing and querying
+
+    @field_validator("rank_features_field")
+    @classmethod
+    def _field_name(cls, value: str) -> str:
+        if not _FIELD_NAME.match(value):
+            raise ValueError("must be a lowercase field name: letters, digits and '_' (no dots)")
+        return value
+
+
+class PyseriniBm25(_Strict):
+    k1: float = Field(default=0.9, gt=0)
+    b: float = Field(default=0.4, ge=0, le=1)
+
+
+class PyseriniImpact(_Strict):
+    # Lucene impact indexes keep integer term frequencies: weights are multiplied by this and rounded.
+    quantization_scale: int = Field(default=100, gt=0, le=10_000)
+
+
+class PyseriniConfig(_Strict):
+    model: PyseriniModel
+    expansion: PyseriniExpansion
+    opensearch: PyseriniOpenSearch
+    bm25: PyseriniBm25 = PyseriniBm25()
+    impact: PyseriniImpact = PyseriniImpact()
+
+
+def load_pyserini_config(path: Path) -> PyseriniConfig:
+    """Parse config/embedding/pyserini.yaml; errors name the file and the field."""
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "(file)", "must be a mapping with model, expansion and opensearch")
+    try:
+        return PyseriniConfig.model_validate(data)
+    except ValidationError as error:
+        field, reason = _first_error(error)
+        raise ConfigError(str(path), field, reason) from error
+
+
+_pyserini_cache: dict[tuple[str, int], PyseriniConfig] = {}
+
+
+def pyserini_config() -> PyseriniConfig:
+    """The deployment's pyserini.yaml (MEDKG_CONFIG_DIR), re-read when the file changes."""
+    from django.conf import settings
+
+    path = Path(settings.MEDKG_CONFIG_DIR) / "embedding" / "pyserini.yaml"
+    try:
+        key = (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        key = (str(path), 0)
+    if key not in _pyserini_cache:
+        _pyserini_cache.clear()
+        _pyserini_cache[key] = load_pyserini_config(path)
+    return _pyserini_cache[key]

@@ -225,7 +225,7 @@ class AppMetricsSource:
 def recall_drops() -> dict[str, float]:
     """Relative Recall@10 drop of the latest run below the run before it, per namespace (worst dataset)."""
     runs: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for run in EvaluationRun.objects.select_related("namespace").order_by("-created_at", "-id")[:500]:
+    for run in EvaluationRun.objects.filter(spec="").select_related("namespace").order_by("-created_at", "-id")[:500]:
         recall = run.recall_at_10
         key = (run.namespace.name, run.dataset)
         if recall is not None and len(runs[key]) < 2:

@@ -104,7 +104,7 @@ def _refresh_recall_gauges() -> None:
     """Latest and previous Recall@10 per namespace and dataset (the rollback trigger's two inputs)."""
     seen: dict[tuple[str, str], int] = {}
     metrics.RECALL_AT_10.clear()
-    for run in EvaluationRun.objects.select_related("namespace").order_by("-created_at", "-id")[:500]:
+    for run in EvaluationRun.objects.filter(spec="").select_related("namespace").order_by("-created_at", "-id")[:500]:
         key = (run.namespace.name, run.dataset)
         position = seen.get(key, 0)
         recall = run.recall_at_10

@@ -11,6 +11,8 @@ from rest_framework.views import APIView
 from embeddings.api.serializers import (
     DocumentsDeleteInputSerializer,
     DocumentsUpsertInputSerializer,
+    HybridSearchInputSerializer,
+    HybridSearchOutputSerializer,
     JobAcceptedOutputSerializer,
     JobOutputSerializer,
     SearchInputSerializer,
@@ -19,7 +21,7 @@ from embeddings.api.serializers import (
 from embeddings.ingestion import IncomingDocument, documents_accept, documents_delete
 from embeddings.metrics import request_observed
 from embeddings.models import IngestionJob
-from embeddings.selectors import documents_search, job_get_for_tenant
+from embeddings.selectors import HybridPart, documents_search, hybrid_search, job_get_for_tenant
 from medkg.api.access import namespace_granted
 from medkg.api.permissions import check_claimed_tenant, principal_of
 
@@ -100,5 +102,65 @@ class SearchView(APIView):
                 "model": granted.model_id,
                 "model_version": granted.model_version,
                 "hits": [{"id": hit.id, "score": hit.score, "metadata": hit.metadata} for hit in hits],
+            }
+        )
+
+
+class HybridSearchView(APIView):
+    """Search several namespaces of the caller's tenant at once and fuse the rankings (RRF or min-max)."""
+
+    required_scope = "embed:read"
+
+    @extend_schema(
+        request=HybridSearchInputSerializer, responses={200: HybridSearchOutputSerializer}, operation_id="hybrid_search"
+    )
+    def post(self, request: Request) -> Response:
+        check_claimed_tenant(request)
+        payload = HybridSearchInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        parts: list[HybridPart] = []
+        for item in data["namespaces"]:
+            granted = namespace_granted(request, name=item["namespace"], scope=self.required_scope)
+            if all(part.namespace.pk != granted.pk for part in parts):  # two names routed to one namespace
+                parts.append(HybridPart(namespace=granted, weight=item["weight"]))
+        with request_observed(namespace="hybrid", endpoint="hybrid_search"):
+            page = hybrid_search(
+                tenant=principal_of(request).tenant,
+                query=data["query"],
+                parts=parts,
+                method=data["fusion"],
+                k=data["k"],
+                offset=data["offset"],
+                depth=data["depth"],
+                rrf_k=data["rrf_k"],
+                filters=data["filters"],
+            )
+        return Response(
+            {
+                "fusion": data["fusion"],
+                "namespaces": [
+                    {
+                        "namespace": part.namespace.name,
+                        "weight": part.weight,
+                        "model": part.namespace.model_id,
+                        "model_version": part.namespace.model_version,
+                    }
+                    for part in parts
+                ],
+                "offset": page.offset,
+                "k": data["k"],
+                "next_offset": page.offset + data["k"] if page.has_more else None,
+                "hits": [
+                    {
+                        "id": hit.id,
+                        "score": hit.score,
+                        "metadata": hit.metadata,
+                        "sources": {
+                            name: {"rank": source.rank, "score": source.score} for name, source in hit.sources.items()
+                        },
+                    }
+                    for hit in page.hits
+                ],
             }
         )

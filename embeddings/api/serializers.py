@@ -39,6 +39,12 @@ class TextsField(serializers.ListField):
 class EmbedOptionsSerializer(NoUnknownFieldsSerializer):
     normalize = StrictBooleanField(required=False, allow_null=True, default=None)
     truncate = StrictBooleanField(required=False, default=False)
+    input_type = serializers.ChoiceField(
+        choices=["document", "query"],
+        required=False,
+        default="document",
+        help_text="Sparse namespaces: which side's expansion limits apply (documents keep more terms).",
+    )
 
 
 class EmbedInputSerializer(NoUnknownFieldsSerializer):
@@ -50,7 +56,10 @@ class EmbedInputSerializer(NoUnknownFieldsSerializer):
 
 class EmbeddingOutputSerializer(serializers.Serializer):
     text_index = serializers.IntegerField()
-    vector = serializers.ListField(child=serializers.FloatField())
+    vector = serializers.ListField(child=serializers.FloatField(), required=False, help_text="Dense namespaces.")
+    terms = serializers.DictField(
+        child=serializers.FloatField(), required=False, help_text="Sparse namespaces: term -> weight > 0."
+    )
     token_count = serializers.IntegerField()
     truncated = serializers.BooleanField()
 
@@ -64,7 +73,8 @@ class EmbedOutputSerializer(serializers.Serializer):
     namespace = serializers.CharField()
     model = serializers.CharField()
     model_version = serializers.CharField()
-    dim = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=["single_vector", "sparse"])
+    dim = serializers.IntegerField(allow_null=True, help_text="Vocabulary size for sparse namespaces; null for auto.")
     normalized = serializers.BooleanField()
     embeddings = EmbeddingOutputSerializer(many=True)
     usage = UsageSerializer()
@@ -277,3 +287,64 @@ class SearchOutputSerializer(serializers.Serializer):
     model = serializers.CharField()
     model_version = serializers.CharField()
     hits = SearchHitOutputSerializer(many=True)
+
+
+class HybridNamespaceSerializer(NoUnknownFieldsSerializer):
+    namespace = StrictCharField(max_length=200)
+    weight = serializers.FloatField(min_value=0.0, max_value=100.0, default=1.0)
+
+
+class HybridNamespacesField(serializers.ListField):
+    child = HybridNamespaceSerializer()
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        if not isinstance(data, list) or not 1 <= len(data) <= 5:
+            raise serializers.ValidationError("A list of 1 to 5 {namespace, weight} objects.")
+        parts = super().to_internal_value(data)
+        names = [part["namespace"] for part in parts]
+        if len(set(names)) != len(names):
+            raise serializers.ValidationError("Each namespace may appear once.")
+        return parts  # type: ignore[no-any-return]
+
+
+class HybridSearchInputSerializer(SearchInputSerializer):
+    namespaces = HybridNamespacesField(help_text="The namespaces to fuse, each with a weight (default 1).")
+    fusion = serializers.ChoiceField(choices=["rrf", "minmax"], default="rrf")
+    rrf_k = StrictIntegerField(min_value=1, max_value=1000, default=60, help_text="RRF's k (60 in the paper).")
+    offset = StrictIntegerField(min_value=0, max_value=settings.MEDKG_MAX_SEARCH_K, default=0)
+    depth = StrictIntegerField(
+        min_value=1,
+        max_value=settings.MEDKG_MAX_SEARCH_K,
+        default=100,
+        help_text="Candidates taken from each namespace before fusion (at least offset + k).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["offset"] + attrs["k"] > settings.MEDKG_MAX_SEARCH_K:
+            raise serializers.ValidationError({"offset": f"offset + k may not exceed {settings.MEDKG_MAX_SEARCH_K}."})
+        return attrs
+
+
+class HybridSourceSerializer(serializers.Serializer):
+    rank = serializers.IntegerField()
+    score = serializers.FloatField()
+
+
+class HybridHitOutputSerializer(SearchHitOutputSerializer):
+    sources = serializers.DictField(child=HybridSourceSerializer(), help_text="namespace -> its own rank and score")
+
+
+class HybridPartOutputSerializer(serializers.Serializer):
+    namespace = serializers.CharField()
+    weight = serializers.FloatField()
+    model = serializers.CharField()
+    model_version = serializers.CharField()
+
+
+class HybridSearchOutputSerializer(serializers.Serializer):
+    fusion = serializers.CharField()
+    namespaces = HybridPartOutputSerializer(many=True)
+    offset = serializers.IntegerField()
+    k = serializers.IntegerField()
+    next_offset = serializers.IntegerField(allow_null=True)
+    hits = HybridHitOutputSerializer(many=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 
 import numpy as np
 from drf_spectacular.utils import extend_schema
@@ -18,10 +19,11 @@ from embeddings.api.serializers import (
 )
 from embeddings.failover import embeddings_compute_failover
 from embeddings.metrics import request_observed
-from embeddings.services import EmbeddingBatch
+from embeddings.services import EmbeddingBatch, SparseBatch, sparse_compute
 from medkg.api.access import namespace_granted
 from medkg.api.permissions import check_claimed_tenant, principal_of
 from medkg.errors import InvalidRequest
+from namespaces.models import NamespaceKind
 from namespaces.quotas import quota_charge_tokens
 
 SERVED_BY_HEADER = "X-Medkg-Served-By"
@@ -39,6 +41,14 @@ class EmbedView(APIView):
         namespace = namespace_granted(request, name=data["namespace"], scope=self.required_scope)
         options = data.get("options") or {}
         with request_observed(namespace=namespace.name, endpoint="embed"):
+            if namespace.kind == NamespaceKind.SPARSE:
+                sparse = sparse_compute(
+                    namespace=namespace,
+                    texts=data["texts"],
+                    query=options.get("input_type") == "query",
+                    truncate=options.get("truncate", False),
+                )
+                return _served(request, sparse, _sparse_response(sparse))
             batch = embeddings_compute_failover(
                 namespace=namespace,
                 texts=data["texts"],
@@ -48,26 +58,37 @@ class EmbedView(APIView):
         return _served(request, batch, _embed_response(batch))
 
 
-def _served(request: Request, batch: EmbeddingBatch, body: dict[str, object]) -> Response:
+def _served(request: Request, batch: EmbeddingBatch | SparseBatch, body: dict[str, object]) -> Response:
     """The answer, named by the namespace that computed it, with the tokens charged to the tenant's quota."""
     quota_charge_tokens(tenant=principal_of(request).tenant, tokens=batch.total_tokens)
     return Response(body, headers={SERVED_BY_HEADER: batch.namespace.name})
 
 
-def _embed_response(batch: EmbeddingBatch) -> dict[str, object]:
+def _response(
+    batch: EmbeddingBatch | SparseBatch, key: str, values: Sequence[object], dim: int | None, normalized: bool
+) -> dict[str, object]:
     truncated = set(batch.truncated)
     return {
         "namespace": batch.namespace.name,
         "model": batch.namespace.model_id,
         "model_version": batch.namespace.model_version,
-        "dim": int(batch.vectors.shape[1]),
-        "normalized": batch.normalized,
+        "kind": batch.namespace.kind,
+        "dim": dim,
+        "normalized": normalized,
         "embeddings": [
-            {"text_index": i, "vector": vector, "token_count": count, "truncated": i in truncated}
-            for i, (vector, count) in enumerate(zip(batch.vectors, batch.token_counts, strict=True))
+            {"text_index": i, key: value, "token_count": count, "truncated": i in truncated}
+            for i, (value, count) in enumerate(zip(values, batch.token_counts, strict=True))
         ],
         "usage": {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens},
     }
+
+
+def _sparse_response(batch: SparseBatch) -> dict[str, object]:
+    return _response(batch, "terms", batch.terms, batch.namespace.dim, normalized=False)
+
+
+def _embed_response(batch: EmbeddingBatch) -> dict[str, object]:
+    return _response(batch, "vector", list(batch.vectors), int(batch.vectors.shape[1]), batch.normalized)
 
 
 class OpenAIEmbeddingsView(APIView):

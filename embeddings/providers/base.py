@@ -74,11 +74,19 @@ class Readiness:
     detail: str = ""
 
 
-class EmbeddingProvider(ABC):
-    """Embeds texts for one namespace. Implementations are shared by threads: they must be thread-safe."""
+class Provider(ABC):
+    """A namespace's model. Implementations are shared by threads: they must be thread-safe."""
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
+
+    @abstractmethod
+    def readiness(self) -> Readiness:
+        """Whether the provider can serve now, and why not."""
+
+
+class EmbeddingProvider(Provider):
+    """Embeds texts into dense vectors for one single_vector namespace."""
 
     @abstractmethod
     def embed(self, texts: Sequence[str], *, normalize: bool, truncate: bool) -> np.ndarray:
@@ -88,9 +96,19 @@ class EmbeddingProvider(ABC):
         """True when the model itself L2-normalises (a Normalize layer): normalize=false cannot undo it."""
         return False
 
+
+TermWeights = dict[str, float]  # a sparse vector: vocabulary term -> weight > 0
+
+
+class SparseProvider(Provider):
+    """Turns texts into term weights for one sparse namespace (SPLADE expansions, BM25 query terms)."""
+
+    # False: the store indexes the document text itself (BM25 in Lucene) and document terms are not computed.
+    encodes_documents = True
+
     @abstractmethod
-    def readiness(self) -> Readiness:
-        """Whether the provider can serve now, and why not."""
+    def encode(self, texts: Sequence[str], *, query: bool) -> list[TermWeights]:
+        """Term weights per text, in input order: every weight finite and > 0, at most the side's top_k_terms."""
 
 
 def resolve_local_path(spec: str) -> Path:

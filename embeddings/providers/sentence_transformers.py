@@ -18,7 +18,7 @@ from embeddings.batching import BatchingLimits, batcher_for, batching_enabled, d
 from embeddings.providers.base import EmbeddingProvider, ProviderConfig, Readiness, resolve_local_path
 from medkg.errors import BackendUnavailable, GpuUnavailable
 
-_models: dict[tuple[str, str, int], tuple[Any, threading.Lock]] = {}
+_models: dict[tuple[str, str, int, str], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
 
 
@@ -28,19 +28,22 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _load_model(path: str, device: str, max_seq_length: int) -> tuple[Any, threading.Lock]:
-    key = (path, device, max_seq_length)
+def _load_model(
+    path: str, device: str, max_seq_length: int, model_class: str = "SentenceTransformer"
+) -> tuple[Any, threading.Lock]:
+    """The process's one instance of the model (`model_class`: SentenceTransformer or SparseEncoder) and its lock."""
+    key = (path, device, max_seq_length, model_class)
     with _models_lock:
         if key not in _models:
+            import sentence_transformers
             import torch
             from django.conf import settings
-            from sentence_transformers import SentenceTransformer
 
             if settings.MEDKG_TORCH_THREADS:
                 torch.set_num_threads(settings.MEDKG_TORCH_THREADS)
 
             try:
-                model = SentenceTransformer(path, device=device, local_files_only=True)
+                model = getattr(sentence_transformers, model_class)(path, device=device, local_files_only=True)
             except (OSError, ValueError) as error:
                 raise BackendUnavailable(
                     f"Model folder {path!r} cannot be loaded: {error}", details={"model_path": path}
@@ -49,6 +52,19 @@ def _load_model(path: str, device: str, max_seq_length: int) -> tuple[Any, threa
             model.eval()
             _models[key] = (model, threading.Lock())
         return _models[key]
+
+
+def model_device(config: ProviderConfig) -> str:
+    """cuda when required, asked for or present; cpu otherwise. GpuUnavailable when required and missing."""
+    wanted = config.parameter("device")
+    if config.requires_gpu or wanted == "cuda":
+        if not _cuda_available():
+            raise GpuUnavailable(
+                f"Namespace {config.namespace} requires a GPU and none is available.",
+                details={"namespace": config.namespace},
+            )
+        return "cuda"
+    return str(wanted or ("cuda" if _cuda_available() else "cpu"))
 
 
 class SentenceTransformersProvider(EmbeddingProvider):
@@ -61,15 +77,7 @@ class SentenceTransformersProvider(EmbeddingProvider):
         self._loaded: tuple[Any, threading.Lock, bool] | None = None
 
     def _device(self) -> str:
-        wanted = self.config.parameter("device")
-        if self.config.requires_gpu or wanted == "cuda":
-            if not _cuda_available():
-                raise GpuUnavailable(
-                    f"Namespace {self.config.namespace} requires a GPU and none is available.",
-                    details={"namespace": self.config.namespace},
-                )
-            return "cuda"
-        return str(wanted or ("cuda" if _cuda_available() else "cpu"))
+        return model_device(self.config)
 
     def _model(self) -> tuple[Any, threading.Lock, bool]:
         if self._loaded is None:

@@ -7,6 +7,8 @@ Stores raise only the project's errors (DimensionMismatch, BackendUnavailable, B
 
 from __future__ import annotations
 
+import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +17,19 @@ from typing import Any
 import numpy as np
 
 from medkg.errors import DimensionMismatch
+
+
+def upsert_chunks(
+    upsert: Callable[[Any], int], chunks: Iterable[Any], on_progress: Callable[[int], None] | None
+) -> int:
+    """Write chunk after chunk, reporting each chunk's count; the total written."""
+    written = 0
+    for chunk in chunks:
+        count = upsert(chunk)
+        written += count
+        if on_progress:
+            on_progress(count)
+    return written
 
 
 @dataclass(frozen=True)
@@ -52,10 +67,38 @@ class StoreStats:
     bytes_on_disk: int
 
 
-class VectorStore(ABC):
-    """Vectors of one namespace, one partition per tenant. Shared by threads: implementations are thread-safe."""
+class IndexStore(ABC):
+    """What every store of one namespace does, dense or sparse: one partition per tenant, labels are Document ids.
+    Shared by threads: implementations are thread-safe."""
 
     filters_natively = False  # True: search() applies metadata `filters` itself (an indexed metadata field)
+
+    @abstractmethod
+    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
+        """Remove entries by label; unknown labels are ignored. Returns how many were removed."""
+
+    @abstractmethod
+    def count(self, *, tenant: str) -> int:
+        """Live entries of `tenant`."""
+
+    @abstractmethod
+    def labels(self, *, tenant: str) -> set[int]:
+        """Live labels of `tenant` (reconciliation and tests)."""
+
+    @abstractmethod
+    def drop(self, *, tenant: str | None = None) -> None:
+        """Remove the index of `tenant`, or of every tenant of the namespace."""
+
+    def stats(self) -> list[StoreStats]:
+        """Per-tenant sizes, for gauges and the admin."""
+        return []
+
+    def readiness(self) -> tuple[bool, str]:
+        return True, ""
+
+
+class VectorStore(IndexStore):
+    """Dense vectors of one namespace."""
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -72,17 +115,7 @@ class VectorStore(ABC):
         on_progress: Callable[[int], None] | None = None,
     ) -> int:
         """Upsert many chunks (bootstrap, rebuild). Stores that can make one durable write at the end override it."""
-        written = 0
-        for chunk in chunks:
-            count = self.upsert(tenant=tenant, items=chunk)
-            written += count
-            if on_progress:
-                on_progress(count)
-        return written
-
-    @abstractmethod
-    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
-        """Remove vectors by label; unknown labels are ignored. Returns how many were removed."""
+        return upsert_chunks(lambda chunk: self.upsert(tenant=tenant, items=chunk), chunks, on_progress)
 
     @abstractmethod
     def search(
@@ -99,25 +132,6 @@ class VectorStore(ABC):
         `allowed_labels` restricts the search to those labels (metadata filters resolved by the database);
         stores that index metadata themselves take `filters` instead and apply them inside the query.
         """
-
-    @abstractmethod
-    def count(self, *, tenant: str) -> int:
-        """Live vectors of `tenant`."""
-
-    @abstractmethod
-    def labels(self, *, tenant: str) -> set[int]:
-        """Live labels of `tenant` (reconciliation and tests)."""
-
-    @abstractmethod
-    def drop(self, *, tenant: str | None = None) -> None:
-        """Remove the index of `tenant`, or of every tenant of the namespace."""
-
-    def stats(self) -> list[StoreStats]:
-        """Per-tenant sizes, for gauges and the admin."""
-        return []
-
-    def readiness(self) -> tuple[bool, str]:
-        return True, ""
 
     # Shared checks: every write and read goes through these.
     def check_vectors(self, vectors: np.ndarray) -> np.ndarray:
@@ -137,3 +151,79 @@ class VectorStore(ABC):
 
     def check_query(self, query: np.ndarray) -> np.ndarray:
         return self.check_vectors(np.asarray(query, dtype=np.float32).reshape(1, -1))
+
+
+# --- sparse stores ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparseStoreConfig:
+    """What a sparse store needs from its namespace; frozen and hashable like StoreConfig."""
+
+    namespace: str
+    backend: str  # "impact" (embedded), "opensearch" (rank_features) or "lucene" (BM25 via Pyserini)
+    parameters_json: str = "{}"  # the namespace's parameters (bm25 k1/b, ...), as JSON text to stay hashable
+
+    def parameter(self, name: str, default: Any = None) -> Any:
+        return json.loads(self.parameters_json).get(name, default)
+
+
+@dataclass(frozen=True)
+class SparseItem:
+    label: int  # Document.id
+    terms: dict[str, float]  # term -> weight > 0; empty for stores that index the text (indexes_text)
+    text: str = ""
+    external_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class SparseStore(IndexStore):
+    """Term-weighted documents of one sparse namespace.
+
+    Scores are the store's own: a dot product of term weights (impact, rank_features) or BM25 (lucene).
+    """
+
+    indexes_text = False  # True: the store analyses `text` itself (BM25); `terms` are ignored
+
+    def __init__(self, config: SparseStoreConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def upsert(self, *, tenant: str, items: Sequence[SparseItem]) -> int:
+        """Add or replace documents by label; returns how many were written. Durable when it returns."""
+
+    def bulk_load(
+        self,
+        *,
+        tenant: str,
+        chunks: Iterable[Sequence[SparseItem]],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Upsert many chunks (bootstrap, rebuild)."""
+        return upsert_chunks(lambda chunk: self.upsert(tenant=tenant, items=chunk), chunks, on_progress)
+
+    @abstractmethod
+    def search(
+        self,
+        *,
+        tenant: str,
+        query_terms: dict[str, float],
+        query_text: str,
+        k: int,
+        allowed_labels: Sequence[int] | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> list[SearchHit]:
+        """The k best live labels of `tenant` for the query, best first (score > 0 only).
+
+        Impact stores score `query_terms`; text-indexing stores (indexes_text) analyse `query_text`.
+        """
+
+    def check_terms(self, terms: dict[str, float]) -> dict[str, float]:
+        """Every weight finite and > 0, every term a non-empty string; raises DimensionMismatch otherwise."""
+        for term, weight in terms.items():
+            if not isinstance(term, str) or not term or not math.isfinite(weight) or weight <= 0:
+                raise DimensionMismatch(
+                    f"Sparse vector for {self.config.namespace} has an invalid entry {term!r}: {weight!r}.",
+                    details={"namespace": self.config.namespace, "term": str(term)[:100]},
+                )
+        return terms

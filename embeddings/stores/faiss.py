@@ -7,23 +7,14 @@ filtered inside the search with an IDSelectorBitmap; when dead slots pass a frac
 rebuilt from its live vectors.
 
 Files: `<FAISS_DATA_DIR>/<namespace>/<tenant>.faiss.npz` holds the serialized index, the label of every slot and the
-live mask in one file, written to a temporary name, fsynced and renamed, so a reader or a crashed writer never sees
-half of an update. Writers in different processes (web, Celery workers) serialise on an flock beside the file; a
-reader notices a newer file by its inode and reloads it.
+live mask in one file, written atomically (embeddings.stores.files: temporary file, fsync, rename; an flock between
+writer processes; readers reload a replaced file).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
-import os
-import re
-import shutil
-import tempfile
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +23,17 @@ import faiss
 import numpy as np
 from django.conf import settings
 
-from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, StoreStats, VectorStore
+from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, VectorStore
+from embeddings.stores.files import (
+    FileIdentity,
+    PartitionedFileStore,
+    PartitionFiles,
+    compaction_due,
+    file_identity,
+    keep_slots,
+    read_header,
+    tombstone,
+)
 from medkg.errors import BackendError, DimensionMismatch
 from medkg.logging import log_event
 
@@ -42,8 +43,6 @@ FILE_SUFFIX = ".faiss.npz"
 FORMAT_VERSION = 1
 EXACT_SEARCH_MAX_CANDIDATES = 2048  # below this many live candidates a brute-force pass is exact and as fast
 COMPACT_MIN_TOMBSTONES = 256
-COMPACT_TOMBSTONE_FRACTION = 0.25
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def faiss_gpu_status() -> tuple[bool, str]:
@@ -56,12 +55,6 @@ def faiss_gpu_status() -> tuple[bool, str]:
     return True, f"{count} CUDA device(s)"
 
 
-def _safe_component(name: str, what: str) -> str:
-    if not _SAFE_NAME.match(name) or ".." in name:
-        raise BackendError(f"{what} {name!r} cannot name an index file.", details={what: name})
-    return name
-
-
 @dataclass
 class _Partition:
     """The in-memory copy of one tenant's index file."""
@@ -70,7 +63,7 @@ class _Partition:
     labels: np.ndarray  # int64 label per slot
     alive: np.ndarray  # bool per slot
     position_of: dict[int, int] = field(default_factory=dict)  # live label -> slot
-    file_identity: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) of the file it was loaded from
+    file_identity: FileIdentity | None = None  # of the file it was loaded from
     bitmap: np.ndarray | None = None  # packed live mask, rebuilt lazily after writes
 
     @property
@@ -83,61 +76,20 @@ class _Partition:
         return self.bitmap
 
 
-class FaissStore(VectorStore):
+class FaissStore(PartitionedFileStore, VectorStore):
     def __init__(self, config: StoreConfig, data_dir: Path | None = None) -> None:
         super().__init__(config)
-        self.directory = Path(data_dir or settings.FAISS_DATA_DIR) / _safe_component(config.namespace, "namespace")
-        self._partitions: dict[str, _Partition] = {}
-        self._locks: dict[str, threading.RLock] = {}
-        self._guard = threading.Lock()
-
-    # Files and locks
+        self.files: PartitionFiles[_Partition] = PartitionFiles(
+            data_dir=Path(data_dir or settings.FAISS_DATA_DIR),
+            namespace=config.namespace,
+            suffix=FILE_SUFFIX,
+            load=self._load,
+            empty=self._empty,
+        )
+        self.directory = self.files.directory
 
     def path_for(self, tenant: str) -> Path:
-        return self.directory / f"{_safe_component(tenant, 'tenant')}{FILE_SUFFIX}"
-
-    def _lock_for(self, tenant: str) -> threading.RLock:
-        with self._guard:
-            return self._locks.setdefault(tenant, threading.RLock())
-
-    @contextlib.contextmanager
-    def _writing(self, tenant: str) -> Iterator[_Partition]:
-        """Exclusive write access to the tenant's partition across threads and processes, fresh from disk."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._lock_for(tenant), open(self.path_for(tenant).with_suffix(".lock"), "a+b") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield self._current(tenant, create=True)  # type: ignore[misc]
-            except BaseException:
-                self._partitions.pop(tenant, None)  # a half-applied change must not outlive the failed write
-                raise
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
-
-    def _identity(self, path: Path) -> tuple[int, int, int] | None:
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-    def _current(self, tenant: str, *, create: bool) -> _Partition | None:
-        """The partition as on disk now: cached when unchanged, reloaded when another process replaced the file."""
-        path = self.path_for(tenant)
-        identity = self._identity(path)
-        partition = self._partitions.get(tenant)
-        if partition is not None and partition.file_identity == identity:
-            return partition
-        with self._lock_for(tenant):
-            partition = self._partitions.get(tenant)
-            if partition is not None and partition.file_identity == identity:
-                return partition
-            partition = self._load(path) if identity is not None else (self._empty() if create else None)
-            if partition is not None:
-                self._partitions[tenant] = partition
-            else:
-                self._partitions.pop(tenant, None)
-            return partition
+        return self.files.path_for(tenant)
 
     def _empty(self) -> _Partition:
         index = faiss.IndexHNSWFlat(self.config.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -146,10 +98,10 @@ class FaissStore(VectorStore):
         return _Partition(index=index, labels=np.empty(0, dtype=np.int64), alive=np.empty(0, dtype=bool))
 
     def _load(self, path: Path) -> _Partition:
-        identity = self._identity(path)
+        identity = file_identity(path)
         try:
             with np.load(path, allow_pickle=False) as stored:
-                header = json.loads(bytes(stored["header"]).decode())
+                header = read_header(stored)
                 index = faiss.deserialize_index(np.ascontiguousarray(stored["index"]))
                 labels = stored["labels"].astype(np.int64)
                 alive = stored["alive"].astype(bool)
@@ -170,7 +122,6 @@ class FaissStore(VectorStore):
         return _Partition(index=index, labels=labels, alive=alive, position_of=position_of, file_identity=identity)
 
     def _persist(self, tenant: str, partition: _Partition) -> None:
-        path = self.path_for(tenant)
         header = {
             "format": FORMAT_VERSION,
             "namespace": self.config.namespace,
@@ -179,29 +130,12 @@ class FaissStore(VectorStore):
             "hnsw_m": self.config.hnsw_m,
             "ef_construction": self.config.ef_construction,
         }
-        descriptor, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{tenant}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                np.savez(
-                    handle,
-                    header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                    index=faiss.serialize_index(partition.index),
-                    labels=partition.labels,
-                    alive=partition.alive,
-                )
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a crash
-        finally:
-            os.close(directory)
-        partition.file_identity = self._identity(path)
+        arrays = {
+            "index": faiss.serialize_index(partition.index),
+            "labels": partition.labels,
+            "alive": partition.alive,
+        }
+        self.files.persist(tenant, partition, header, arrays)
 
     # Writes
 
@@ -217,7 +151,7 @@ class FaissStore(VectorStore):
     ) -> int:
         """Add every chunk under one lock and write the file once at the end."""
         written = 0
-        with self._writing(tenant) as partition:
+        with self.files.writing(tenant) as partition:
             for chunk in chunks:
                 count = self._add(partition, chunk)
                 written += count
@@ -235,7 +169,7 @@ class FaissStore(VectorStore):
         vectors = self.check_vectors(np.stack([item.vector for item in latest.values()]))
         labels = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
         for label in labels.tolist():
-            self._kill(partition, label)
+            tombstone(partition, label)
         first_slot = partition.index.ntotal
         partition.index.add(vectors)
         partition.labels = np.concatenate([partition.labels, labels])
@@ -245,49 +179,29 @@ class FaissStore(VectorStore):
         return int(labels.size)
 
     def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
-        if not labels or self._identity(self.path_for(tenant)) is None:
+        if not labels or not self.files.exists(tenant):
             return 0
-        with self._writing(tenant) as partition:
-            removed = sum(self._kill(partition, int(label)) for label in labels)
+        with self.files.writing(tenant) as partition:
+            removed = sum(tombstone(partition, int(label)) for label in labels)
             if removed:
                 partition.bitmap = None
                 self._compact_if_needed(tenant, partition)
                 self._persist(tenant, partition)
         return removed
 
-    def _kill(self, partition: _Partition, label: int) -> bool:
-        slot = partition.position_of.pop(label, None)
-        if slot is None:
-            return False
-        partition.alive[slot] = False
-        return True
-
     def _compact_if_needed(self, tenant: str, partition: _Partition) -> None:
-        dead = partition.tombstones
-        if dead < COMPACT_MIN_TOMBSTONES or dead < COMPACT_TOMBSTONE_FRACTION * partition.labels.size:
+        if not compaction_due(partition, COMPACT_MIN_TOMBSTONES):
             return
+        dead = partition.tombstones
         slots = np.flatnonzero(partition.alive)
         vectors = partition.index.reconstruct_batch(slots) if slots.size else np.empty((0, self.config.dim))
         fresh = self._empty()
         if slots.size:
             fresh.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         partition.index = fresh.index
-        partition.labels = partition.labels[slots]
-        partition.alive = np.ones(slots.size, dtype=bool)
-        partition.position_of = {int(label): slot for slot, label in enumerate(partition.labels.tolist())}
+        keep_slots(partition, slots)
         partition.bitmap = None
         log_event(logger, "faiss_compacted", namespace=self.config.namespace, tenant=tenant, removed=dead)
-
-    def drop(self, *, tenant: str | None = None) -> None:
-        if tenant is None:
-            with self._guard:
-                self._partitions.clear()
-            shutil.rmtree(self.directory, ignore_errors=True)
-            return
-        with self._writing(tenant):
-            with contextlib.suppress(FileNotFoundError):
-                self.path_for(tenant).unlink()
-            self._partitions.pop(tenant, None)
 
     # Reads
 
@@ -301,13 +215,14 @@ class FaissStore(VectorStore):
         filters: dict[str, Any] | None = None,
     ) -> list[SearchHit]:
         query = self.check_query(query)
-        with self._lock_for(tenant):  # an HNSW graph must not be searched while a thread of this process adds to it
+        # An HNSW graph must not be searched while a thread of this process adds to it.
+        with self.files.lock_for(tenant):
             return self._search_locked(tenant, query, k, allowed_labels)
 
     def _search_locked(
         self, tenant: str, query: np.ndarray, k: int, allowed_labels: Sequence[int] | None
     ) -> list[SearchHit]:
-        partition = self._current(tenant, create=False)
+        partition = self.files.current(tenant, create=False)
         if partition is None or not partition.position_of or k <= 0:
             return []
         if allowed_labels is not None:
@@ -346,42 +261,9 @@ class FaissStore(VectorStore):
             if slot >= 0
         ]
 
-    def count(self, *, tenant: str) -> int:
-        partition = self._current(tenant, create=False)
-        return len(partition.position_of) if partition else 0
-
-    def labels(self, *, tenant: str) -> set[int]:
-        partition = self._current(tenant, create=False)
-        return set(partition.position_of) if partition else set()
-
-    def tenants(self) -> list[str]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(path.name.removesuffix(FILE_SUFFIX) for path in self.directory.glob(f"*{FILE_SUFFIX}"))
-
-    def stats(self) -> list[StoreStats]:
-        result = []
-        for tenant in self.tenants():
-            partition = self._current(tenant, create=False)
-            if partition is None:
-                continue
-            size = self._identity(self.path_for(tenant))
-            result.append(
-                StoreStats(
-                    tenant=tenant,
-                    vectors=len(partition.position_of),
-                    tombstones=partition.tombstones,
-                    bytes_on_disk=size[1] if size else 0,
-                )
-            )
-        return result
-
     def readiness(self) -> tuple[bool, str]:
-        try:
-            self.directory.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            return False, f"FAISS_DATA_DIR is not writable: {error}"
-        if not os.access(self.directory.parent, os.W_OK):
-            return False, f"FAISS_DATA_DIR {self.directory.parent} is not writable"
+        writable, reason = self.files.writable()
+        if not writable:
+            return False, reason
         gpu, reason = faiss_gpu_status()
         return True, f"faiss {faiss.__version__}, {'GPU' if gpu else 'CPU'} ({reason})"

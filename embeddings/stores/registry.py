@@ -5,14 +5,17 @@ Stores are cached per process and per configuration: a FAISS store keeps its ind
 
 from __future__ import annotations
 
+import json
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
-from embeddings.stores.base import StoreConfig, VectorStore
+from embeddings.stores.base import SparseStore, SparseStoreConfig, StoreConfig, VectorStore
 from medkg.backends import backend_class
 from medkg.errors import UnsupportedNamespaceKind
+from namespaces.models import NamespaceKind
 
 if TYPE_CHECKING:
     from namespaces.models import Namespace
@@ -21,8 +24,13 @@ STORES: dict[str, str] = {
     "faiss": "embeddings.stores.faiss.FaissStore",
     "opensearch": "embeddings.stores.opensearch.OpenSearchStore",
 }
+SPARSE_STORES: dict[str, str] = {
+    "impact": "embeddings.stores.impact.ImpactStore",
+    "opensearch": "embeddings.stores.opensearch_sparse.OpenSearchSparseStore",
+    "lucene": "embeddings.stores.lucene.LuceneStore",
+}
 
-_instances: dict[tuple[StoreConfig, str], VectorStore] = {}
+_instances: dict[tuple[StoreConfig | SparseStoreConfig, str], VectorStore | SparseStore] = {}
 _lock = threading.Lock()
 
 
@@ -43,19 +51,53 @@ def store_config_for(namespace: Namespace) -> StoreConfig:
     )
 
 
+def sparse_store_config_for(namespace: Namespace) -> SparseStoreConfig:
+    if namespace.kind != NamespaceKind.SPARSE:
+        raise UnsupportedNamespaceKind(
+            f"Namespace {namespace.name} is {namespace.kind}; it cannot be stored in a sparse store.",
+            details={"namespace": namespace.name, "kind": namespace.kind},
+        )
+    parameters = namespace.parameters or {}
+    return SparseStoreConfig(
+        namespace=namespace.name,
+        backend=str(parameters.get("store") or settings.MEDKG_SPARSE_STORE),
+        parameters_json=json.dumps(parameters, sort_keys=True),
+    )
+
+
 def store_class(name: str) -> type[VectorStore]:
     return backend_class(STORES, name, kind="vector store")  # type: ignore[no-any-return]
 
 
-def store_for(namespace: Namespace) -> VectorStore:
-    config = store_config_for(namespace)
+def sparse_store_class(name: str) -> type[SparseStore]:
+    return backend_class(SPARSE_STORES, name, kind="sparse store")  # type: ignore[no-any-return]
+
+
+def _cached(config: StoreConfig | SparseStoreConfig, build: Callable[[], VectorStore | SparseStore]) -> Any:
     with _lock:
         key = (config, str(settings.FAISS_DATA_DIR))  # tests point FAISS_DATA_DIR elsewhere
         store = _instances.get(key)
         if store is None:
-            store = store_class(config.backend)(config)
+            store = build()
             _instances[key] = store
         return store
+
+
+def store_for(namespace: Namespace) -> VectorStore:
+    """The dense vector store of a single_vector namespace."""
+    config = store_config_for(namespace)
+    return _cached(config, lambda: store_class(config.backend)(config))  # type: ignore[no-any-return]
+
+
+def sparse_store_for(namespace: Namespace) -> SparseStore:
+    """The sparse store of a sparse namespace."""
+    config = sparse_store_config_for(namespace)
+    return _cached(config, lambda: sparse_store_class(config.backend)(config))  # type: ignore[no-any-return]
+
+
+def index_for(namespace: Namespace) -> VectorStore | SparseStore:
+    """Where the namespace's documents are indexed, whatever its kind."""
+    return sparse_store_for(namespace) if namespace.kind == NamespaceKind.SPARSE else store_for(namespace)
 
 
 def stores_reset() -> None:

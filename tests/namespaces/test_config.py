@@ -9,7 +9,7 @@ import yaml
 from django.conf import settings
 
 from medkg.errors import ConfigError
-from namespaces.config import load_namespace_spec, load_namespace_specs, load_vllm_config
+from namespaces.config import load_namespace_spec, load_namespace_specs, load_pyserini_config, load_vllm_config
 
 SEED_DIR = settings.MEDKG_CONFIG_DIR / "embedding" / "namespaces"
 VLLM_FILE = settings.MEDKG_CONFIG_DIR / "embedding" / "vllm.yaml"
@@ -127,3 +127,58 @@ def test_vllm_config_errors_name_the_field(tmp_path, path, value, field):
         load_vllm_config(bad, environ={})
     assert raised.value.file == str(bad)
     assert raised.value.field == field
+
+
+PYSERINI_FILE = settings.MEDKG_CONFIG_DIR / "embedding" / "pyserini.yaml"
+
+
+def test_pyserini_config_typed():
+    config = load_pyserini_config(PYSERINI_FILE)
+    assert config.model.path == "package:cognition/model"
+    assert config.expansion.doc_side.top_k_terms == 400
+    assert (config.opensearch.rank_features_field, config.opensearch.max_weight) == ("splade_terms", 10)
+    assert (config.bm25.k1, config.bm25.b, config.impact.quantization_scale) == (0.9, 0.4, 100)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("opensearch", "rank_features_field"), "splade.terms", "opensearch.rank_features_field"),
+        (("opensearch", "rank_features_field"), "Splade", "opensearch.rank_features_field"),
+        (("opensearch", "max_weight"), 0, "opensearch.max_weight"),
+        (("expansion", "doc_side", "top_k_terms"), 0, "expansion.doc_side.top_k_terms"),
+        (("expansion", "query_side", "min_weight"), -0.5, "expansion.query_side.min_weight"),
+        (("expansion", "doc_side", "top_k"), 10, "expansion.doc_side.top_k"),  # a misspelt key is not ignored
+        (("model", "path"), "", "model.path"),
+        (("bm25", "b"), 1.5, "bm25.b"),
+        (("impact", "quantization_scale"), 0, "impact.quantization_scale"),
+    ],
+)
+def test_pyserini_config_errors_name_the_file_and_field(tmp_path, path, value, field):
+    data = yaml.safe_load(PYSERINI_FILE.read_text())
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    bad = write(tmp_path, "pyserini.yaml", data)
+    with pytest.raises(ConfigError) as raised:
+        load_pyserini_config(bad)
+    assert raised.value.file == str(bad)
+    assert raised.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("content", "field"),
+    [
+        ("model: [unclosed", "(file)"),
+        ("- a list", "(file)"),
+        ("model: {path: x}\nexpansion: {doc_side: {}, query_side: {}}\n", "opensearch"),
+    ],
+)
+def test_pyserini_config_rejects_unreadable_or_incomplete_files(tmp_path, content, field):
+    bad = write(tmp_path, "pyserini.yaml", content)
+    with pytest.raises(ConfigError) as raised:
+        load_pyserini_config(bad)
+    assert raised.value.field == field
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_pyserini_config(tmp_path / "missing.yaml")
