@@ -95,6 +95,8 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
             for pk, version, *_ in chunk:
                 Document.objects.filter(pk=pk, version=version).update(indexed_version=version)
         report.tenants[tenant.slug] = written
+        if written or stale:
+            store.optimize(tenant=tenant.slug)
         if progress and not total:
             progress(tenant.slug, 0, 0)
     report.pending = (

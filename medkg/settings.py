@@ -229,6 +229,9 @@ OPENSEARCH_CA_CERTS = env.str("OPENSEARCH_CA_CERTS", default="")
 OPENSEARCH_TIMEOUT_SECONDS = positive_int("OPENSEARCH_TIMEOUT_SECONDS", 10)
 OPENSEARCH_INDEX_PREFIX = env.str("OPENSEARCH_INDEX_PREFIX", default="medkg-")
 FAISS_DATA_DIR = Path(env.str("FAISS_DATA_DIR", default=str(VAR_DIR / "faiss")))
+# Extra options of the JVM that BM25 (Pyserini) starts in each worker process on first use, e.g. "-Xmx1g":
+# every Celery prefork child and gunicorn worker that serves BM25 holds its own JVM.
+PYSERINI_JVM_OPTIONS = env.str("PYSERINI_JVM_OPTIONS", default="")
 # faiss (embedded) unless OpenSearch is configured; a namespace may pick its own with `parameters.store`.
 MEDKG_VECTOR_STORE = env.str("MEDKG_VECTOR_STORE", default="opensearch" if OPENSEARCH_URL else "faiss")
 if MEDKG_VECTOR_STORE not in {"faiss", "opensearch"}:

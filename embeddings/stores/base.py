@@ -93,6 +93,10 @@ class IndexStore(ABC):
         """Per-tenant sizes, for gauges and the admin."""
         return []
 
+    def optimize(self, *, tenant: str) -> None:
+        """Bring the tenant's index to its best read shape after bulk work (Lucene: merge segments). Default: none."""
+        return None
+
     def readiness(self) -> tuple[bool, str]:
         return True, ""
 

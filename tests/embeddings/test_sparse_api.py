@@ -255,3 +255,85 @@ def test_hybrid_with_a_namespace_of_another_tenant_is_refused_and_audited(
     assert AccessAuditEvent.objects.filter(
         token_tenant="tenant-b", namespace=restricted_namespace.name, reason="namespace_not_granted"
     ).exists()
+
+
+def test_a_lost_sparse_index_is_rebuilt_from_the_database_without_the_model(
+    synced: dict[str, Namespace], api: Any, ingest: Any, token_a_write: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.core.management import call_command
+
+    from embeddings.providers.splade import SpladeProvider
+
+    ingest(token_a_write, "tenant-a", SPLADE, DOCS)
+    search = f"/v1/namespaces/{SPLADE}/search"
+    before = api.post(search, {"tenant_id": "tenant-a", "query": "cholesterol drugs"}, token=token_a_write).json()
+    store = sparse_store_for(synced[SPLADE])
+    store.drop()
+    assert store.count(tenant="tenant-a") == 0
+
+    def no_model(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the bootstrap must use the stored term weights, not the model")
+
+    monkeypatch.setattr(SpladeProvider, "encode", no_model)  # only for the bootstrap below
+    call_command("bootstrap_faiss", "--namespace", SPLADE)
+    monkeypatch.undo()
+    assert store.labels(tenant="tenant-a") == set(
+        Document.objects.filter(namespace__name=SPLADE).values_list("pk", flat=True)
+    )
+    after = api.post(search, {"tenant_id": "tenant-a", "query": "cholesterol drugs"}, token=token_a_write).json()
+    assert after["hits"] == before["hits"]
+
+
+# --- BM25 (Pyserini, a real JVM and Lucene index) ---
+
+BM25 = "sparse.bm25.auto.v1"
+
+
+def test_bm25_through_the_api_embed_ingest_search_and_hybrid(
+    synced: dict[str, Namespace],
+    api: Any,
+    ingest: Any,
+    token_a_write: str,
+    token_b_write: str,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    response = api.post(
+        "/v1/embed",
+        {"tenant_id": "tenant-a", "namespace": BM25, "texts": ["The patients were running trials on the statins"]},
+        token=token_a_write,
+    )
+    assert response.status_code == 200, response.content[:300]
+    terms = response.json()["embeddings"][0]["terms"]
+    assert terms["run"] == 1.0 and "the" not in terms and "statin" in terms  # Porter stems, stopwords gone
+    assert response.json()["dim"] is None  # `auto`: no fixed vocabulary
+
+    ingest(token_a_write, "tenant-a", BM25, DOCS)
+    ingest(
+        token_b_write, "tenant-b", BM25, [{"id": "b-only", "text": "Statins reduce LDL cholesterol.", "metadata": {}}]
+    )
+    search = f"/v1/namespaces/{BM25}/search"
+    hits = api.post(search, {"tenant_id": "tenant-a", "query": "LDL cholesterol statin", "k": 10}, token=token_a_write)
+    assert hits.status_code == 200, hits.content[:300]
+    assert [hit["id"] for hit in hits.json()["hits"]] == ["statin"]  # only documents sharing a term score > 0
+    assert hits.json()["hits"][0]["score"] > 0
+    theirs = api.post(search, {"tenant_id": "tenant-b", "query": "statin", "k": 10}, token=token_b_write).json()
+    assert [hit["id"] for hit in theirs["hits"]] == ["b-only"]
+
+    ingest(token_a_write, "tenant-a", DEFAULT_NAMESPACE, DOCS)
+    body = {
+        "tenant_id": "tenant-a",
+        "query": "LDL cholesterol statin",
+        "namespaces": [{"namespace": DEFAULT_NAMESPACE}, {"namespace": BM25}],
+        "k": 4,
+    }
+    fused = api.post("/v1/search", body, token=token_a_write).json()
+    assert fused["hits"][0]["id"] == "statin" and set(fused["hits"][0]["sources"]) == {DEFAULT_NAMESPACE, BM25}
+    assert fused["hits"][0]["score"] == pytest.approx(2 / 61)  # first in both lists
+
+    with django_capture_on_commit_callbacks(execute=True):  # the delete job runs on commit
+        api.delete(
+            f"/v1/namespaces/{BM25}/documents", {"tenant_id": "tenant-a", "ids": ["statin"]}, token=token_a_write
+        )
+    gone = api.post(search, {"tenant_id": "tenant-a", "query": "statin"}, token=token_a_write).json()
+    assert gone["hits"] == []
+    assert sparse_store_for(synced[BM25]).count(tenant="tenant-a") == 3

@@ -13,9 +13,10 @@ from medkg.errors import MedkgError
 
 class Command(BaseCommand):
     help = (
-        "Create or load the HNSW index of a namespace (one per tenant, under FAISS_DATA_DIR) and make it hold "
-        "exactly the vectors stored in the database: missing ones are added, ones the database no longer has are "
-        "removed. Safe to run again. Exit code 1 on failure."
+        "Create or load the index of a namespace (one per tenant: FAISS HNSW for dense namespaces, the impact or "
+        "Lucene index for sparse ones, or the namespace's OpenSearch index) and make it hold exactly what the "
+        "database stores (vectors, or term weights and texts): missing entries are added, ones the database no "
+        "longer has are removed. Never runs the model. Safe to run again. Exit code 1 on failure."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
