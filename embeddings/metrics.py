@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from medkg.errors import MedkgError
@@ -141,3 +141,45 @@ class StoreStateCollector:
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # no scrape at registration time
+
+
+# --- dynamic batching (label: the model's short name, one per loaded model) ---
+BATCH_SIZE = Histogram(
+    "embedding_batch_texts",
+    "Texts per batched forward pass of an in-process model.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_REQUESTS = Histogram(
+    "embedding_batch_requests",
+    "Requests merged into one forward pass of an in-process model.",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+BATCH_FAILURES = Counter(
+    "embedding_batch_failures_total", "Batched forward passes that failed (each fails only its requests).", ["model"]
+)
+BATCH_DEADLINE_MISSED = Counter(
+    "embedding_batch_deadline_missed_total",
+    "Requests that waited for a forward pass until their deadline (answered 503).",
+    ["model"],
+)
+
+
+# --- automatic failover ---
+FAILOVER = Counter(
+    "embedding_failover_total",
+    "Requests of a namespace whose provider was unavailable, by outcome: served (by the fallback), "
+    "refused (no usable fallback: other dimension, missing) or fallback_failed.",
+    ["namespace", "outcome"],
+)
+CIRCUIT_STATE = Gauge(
+    "embedding_circuit_state",
+    "Circuit breaker of a namespace's provider: 0 closed, 1 open, 2 half-open.",
+    ["namespace"],
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "embedding_circuit_transitions_total",
+    "Circuit breaker state changes, by namespace and new state.",
+    ["namespace", "state"],
+)

@@ -62,6 +62,17 @@ class GpuUnavailable(BackendUnavailable):
     code = "gpu_unavailable"
 
 
+class QuotaExceeded(MedkgError):
+    """The tenant is over its requests/s or tokens/minute quota; the answer carries Retry-After."""
+
+    status_code = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None, retry_after: int = 1) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after
+
+
 class TokenizerUnavailable(MedkgError):
     status_code = 503
     code = "tokenizer_unavailable"

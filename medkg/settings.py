@@ -166,6 +166,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["medkg.api.renderers.FastJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["medkg.api.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "medkg.api.exceptions.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["medkg.api.throttling.TenantQuotaThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -199,8 +200,22 @@ MEDKG_MAX_REQUEST_BYTES = positive_int("MEDKG_MAX_REQUEST_BYTES", 4 * 1024 * 102
 MEDKG_MAX_TEXT_CHARS = positive_int("MEDKG_MAX_TEXT_CHARS", 100_000)
 MEDKG_PRELOAD_MODELS = env.bool("MEDKG_PRELOAD_MODELS", default=False)
 MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", default=30.0)
+# Concurrent requests share forward passes of the in-process model (limits: vllm.yaml's batching section).
+MEDKG_DYNAMIC_BATCHING = env.bool("MEDKG_DYNAMIC_BATCHING", default=True)
+# Per-tenant quotas (a tenant's own, set in the admin, wins; 0 is unlimited): on by default when deployed.
+MEDKG_QUOTA_REQUESTS_PER_SECOND = env.float("MEDKG_QUOTA_REQUESTS_PER_SECOND", default=50.0 if DEPLOYED else 0.0)
+MEDKG_QUOTA_TOKENS_PER_MINUTE = env.int("MEDKG_QUOTA_TOKENS_PER_MINUTE", default=1_000_000 if DEPLOYED else 0)
+if MEDKG_QUOTA_REQUESTS_PER_SECOND < 0 or MEDKG_QUOTA_TOKENS_PER_MINUTE < 0:
+    raise ImproperlyConfigured("MEDKG_QUOTA_REQUESTS_PER_SECOND and MEDKG_QUOTA_TOKENS_PER_MINUTE must be >= 0")
+# Automatic failover to a namespace's `fallback`: a circuit breaker per namespace and process.
+MEDKG_BREAKER_FAILURE_THRESHOLD = positive_int("MEDKG_BREAKER_FAILURE_THRESHOLD", 3)
+MEDKG_BREAKER_RESET_SECONDS = env.float("MEDKG_BREAKER_RESET_SECONDS", default=5.0)
 # torch sizes its thread pool from the host's cores, not a container's CPU limit: set this to the limit.
 MEDKG_TORCH_THREADS = env.int("MEDKG_TORCH_THREADS", default=0) or None
+# OpenMP threads that spin between forward passes take the cores the request threads need to parse the next
+# requests (bench/embed_throughput.py --sweep: dynamic batching gained nothing with spinning, 2x with passive
+# waits on a busy 2-core host). Read by libgomp when torch loads, which is after the settings.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 VLLM_URL = env.str("VLLM_URL", default="")
 VLLM_API_KEY = secret("VLLM_API_KEY", "") or ""
 # URLs that may carry credentials: each can come from NAME_FILE too.

@@ -13,14 +13,14 @@ from namespaces.models import AccessAuditEvent, Namespace, Tenant
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "is_active", "created_at"]
+    list_display = ["slug", "name", "is_active", "quota_requests_per_second", "quota_tokens_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
 
 
 @admin.register(Namespace)
 class NamespaceAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "provider", "dim", "max_tokens", "requires_gpu", "enabled", "allow_all_tenants"]
+    list_display = ["name", "kind", "provider", "dim", "fallback", "requires_gpu", "enabled", "allow_all_tenants"]
     list_filter = ["kind", "provider", "enabled", "requires_gpu", "allow_all_tenants"]
     search_fields = ["name", "model_id"]
     filter_horizontal = ["allowed_tenants"]

@@ -38,6 +38,7 @@ class NamespaceSpec(_Strict):
     requires_gpu: bool = False
     endpoint: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
+    fallback: str = ""  # namespace that answers while this one's provider is down (same dimension only)
     enabled: bool = True
     allowed_scopes: list[str] = Field(default_factory=lambda: ["embed:read", "embed:write"])
     allowed_tenants: Literal["all"] | list[str] = "all"
@@ -48,6 +49,13 @@ class NamespaceSpec(_Strict):
     def _name_shape(cls, value: str) -> str:
         if not NAMESPACE_NAME_PATTERN.match(value):
             raise ValueError("must look like <kind>.<model>.<dim|auto>.<vN>, e.g. single_vector.minilm.384.v1")
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback_shape(cls, value: str) -> str:
+        if value and not NAMESPACE_NAME_PATTERN.match(value):
+            raise ValueError("must name a namespace, e.g. single_vector.minilm.384.v1")
         return value
 
     @field_validator("allowed_scopes")

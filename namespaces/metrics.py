@@ -7,3 +7,9 @@ CROSS_TENANT_ACCESS_ATTEMPTS = Counter(
     "Refused requests: bad or missing token, missing scope, tenant mismatch, namespace not granted.",
     ["reason", "endpoint"],
 )
+
+QUOTA_DECISIONS = Counter(
+    "medkg_quota_decisions_total",
+    "Per-tenant quota decisions by kind (requests, tokens) and outcome (allowed, limited, unenforced: Redis failed).",
+    ["kind", "outcome"],
+)

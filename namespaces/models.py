@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from django.core.exceptions import ValidationError
-from django.core.validators import RegexValidator
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 NAMESPACE_NAME_PATTERN = re.compile(
@@ -25,6 +25,18 @@ class Tenant(models.Model):
     )
     name = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True, help_text="Tokens of an inactive tenant are refused.")
+    quota_requests_per_second = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="API requests per second (bursts of one second's worth). Empty: the default "
+        "(MEDKG_QUOTA_REQUESTS_PER_SECOND); 0: unlimited.",
+    )
+    quota_tokens_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Embedded tokens per minute. Empty: the default (MEDKG_QUOTA_TOKENS_PER_MINUTE); 0: unlimited.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -76,6 +88,12 @@ class Namespace(models.Model):
         max_length=500, blank=True, help_text="Remote provider base URL; ${VAR} is read from the environment."
     )
     parameters = models.JSONField(default=dict, blank=True)
+    fallback = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Namespace that answers automatically while this one's provider is unavailable; "
+        "only used when its dimension is the same (otherwise 503 naming it).",
+    )
     enabled = models.BooleanField(default=True)
     allowed_scopes = models.JSONField(default=list, blank=True, help_text="Scopes that may use this namespace.")
     allow_all_tenants = models.BooleanField(default=False)
@@ -101,6 +119,8 @@ class Namespace(models.Model):
             raise ValidationError({"dim": f"the name says {match['dim']}"})
         if self.kind != NamespaceKind.SPARSE and not self.dim:
             raise ValidationError({"dim": "dense namespaces need a dimension"})
+        if self.fallback and (self.fallback == self.name or not NAMESPACE_NAME_PATTERN.match(self.fallback)):
+            raise ValidationError({"fallback": "must name another namespace"})
         unknown = set(self.allowed_scopes or []) - set(SCOPES)
         if unknown:
             raise ValidationError({"allowed_scopes": f"unknown scopes: {sorted(unknown)}"})

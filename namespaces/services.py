@@ -35,6 +35,7 @@ _SYNCED_FIELDS = (
     "requires_gpu",
     "endpoint",
     "parameters",
+    "fallback",
     "enabled",
     "allowed_scopes",
     "description",

@@ -115,6 +115,16 @@ def _faiss_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> No
     settings.FAISS_DATA_DIR = tmp_path_factory.mktemp("faiss")
 
 
+@pytest.fixture(autouse=True)
+def _serving_state_fresh() -> None:
+    """Circuit breakers and in-process quota buckets are per process: each test starts with closed, full ones."""
+    from embeddings.failover import breakers_reset
+    from namespaces.quotas import quotas_reset
+
+    breakers_reset()
+    quotas_reset()
+
+
 @pytest.fixture
 def api() -> Api:
     return Api()

@@ -17,12 +17,16 @@ from embeddings.api.serializers import (
     OpenAIEmbeddingsInputSerializer,
     OpenAIEmbeddingsOutputSerializer,
 )
+from embeddings.failover import embeddings_compute_failover
 from embeddings.metrics import request_observed
-from embeddings.services import EmbeddingBatch, SparseBatch, embeddings_compute, sparse_compute
+from embeddings.services import EmbeddingBatch, SparseBatch, sparse_compute
 from medkg.api.access import namespace_granted
-from medkg.api.permissions import check_claimed_tenant
+from medkg.api.permissions import check_claimed_tenant, principal_of
 from medkg.errors import InvalidRequest
 from namespaces.models import NamespaceKind
+from namespaces.quotas import quota_charge_tokens
+
+SERVED_BY_HEADER = "X-Medkg-Served-By"
 
 
 class EmbedView(APIView):
@@ -44,14 +48,20 @@ class EmbedView(APIView):
                     query=options.get("input_type") == "query",
                     truncate=options.get("truncate", False),
                 )
-                return Response(_sparse_response(sparse))
-            batch = embeddings_compute(
+                return _served(request, sparse, _sparse_response(sparse))
+            batch = embeddings_compute_failover(
                 namespace=namespace,
                 texts=data["texts"],
                 normalize=options.get("normalize"),
                 truncate=options.get("truncate", False),
             )
-        return Response(_embed_response(batch))
+        return _served(request, batch, _embed_response(batch))
+
+
+def _served(request: Request, batch: EmbeddingBatch | SparseBatch, body: dict[str, object]) -> Response:
+    """The answer, named by the namespace that computed it, with the tokens charged to the tenant's quota."""
+    quota_charge_tokens(tenant=principal_of(request).tenant, tokens=batch.total_tokens)
+    return Response(body, headers={SERVED_BY_HEADER: batch.namespace.name})
 
 
 def _response(
@@ -103,18 +113,20 @@ class OpenAIEmbeddingsView(APIView):
             )
         with request_observed(namespace=namespace.name, endpoint="openai_embeddings"):
             truncate = data["truncate"] or data.get("truncate_prompt_tokens", 0) >= 1
-            batch = embeddings_compute(namespace=namespace, texts=data["input"], truncate=truncate)
+            batch = embeddings_compute_failover(namespace=namespace, texts=data["input"], truncate=truncate)
         as_base64 = data["encoding_format"] == "base64"
-        return Response(
+        return _served(
+            request,
+            batch,
             {
                 "object": "list",
                 "data": [
                     {"object": "embedding", "index": i, "embedding": _encode(vector, as_base64)}
                     for i, vector in enumerate(batch.vectors)
                 ],
-                "model": namespace.name,
+                "model": batch.namespace.name,
                 "usage": {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens},
-            }
+            },
         )
 
 

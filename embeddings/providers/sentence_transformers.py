@@ -2,7 +2,8 @@
 
 One model instance per (folder, device, max length) per process, loaded on first use.
 Forward passes are serialised by a lock: on a CPU, two concurrent passes only fight over
-the same cores, while one pass at a time keeps throughput at the raw model's.
+the same cores, while one pass at a time keeps throughput at the raw model's. With dynamic batching
+(MEDKG_DYNAMIC_BATCHING, on by default) concurrent requests share one pass (embeddings/batching.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from embeddings.batching import BatchingLimits, batcher_for, batching_enabled, default_limits
 from embeddings.providers.base import EmbeddingProvider, ProviderConfig, Readiness, resolve_local_path
 from medkg.errors import BackendUnavailable, GpuUnavailable
 
@@ -90,15 +92,37 @@ class SentenceTransformersProvider(EmbeddingProvider):
         # Truncation to max_tokens is what the model does anyway (max_seq_length); the service
         # refuses over-budget texts before we get here unless the caller asked for truncation.
         model, lock, _ = self._model()
+        if not batching_enabled():
+            return self._encode(model, lock, list(texts), normalize=normalize)
+        from django.conf import settings
+
+        key = (id(model), normalize, self.config.batch_size)
+        batcher = batcher_for(
+            key,
+            name=self.config.model_id.rpartition("/")[2] or "model",
+            encode=lambda batch: self._encode(model, lock, batch, normalize=normalize),
+            limits=self._limits(),
+        )
+        return batcher.submit(texts, timeout=settings.MEDKG_PROVIDER_TIMEOUT_SECONDS)
+
+    def _encode(self, model: Any, lock: threading.Lock, texts: list[str], *, normalize: bool) -> np.ndarray:
         with lock:
             vectors = model.encode(
-                list(texts),
+                texts,
                 batch_size=self.config.batch_size,
                 normalize_embeddings=normalize,
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
         return np.asarray(vectors, dtype=np.float32)
+
+    def _limits(self) -> BatchingLimits:
+        """vllm.yaml's batching section; a namespace's parameters may override either knob."""
+        defaults = default_limits()
+        return BatchingLimits(
+            max_batch_size=int(self.config.parameter("max_batch_size", defaults.max_batch_size)),
+            max_wait_time_ms=float(self.config.parameter("max_wait_time_ms", defaults.max_wait_time_ms)),
+        )
 
     def always_normalizes(self) -> bool:
         return self._model()[2]

@@ -11,7 +11,7 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
-from medkg.errors import AccessRefused, MedkgError
+from medkg.errors import AccessRefused, MedkgError, QuotaExceeded
 from medkg.logging import log_event
 from medkg.middleware import request_id_of
 
@@ -57,6 +57,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
         if exc.status_code == 401:
             response["WWW-Authenticate"] = 'Bearer realm="medkg"'
+        if isinstance(exc, QuotaExceeded):
+            response["Retry-After"] = str(exc.retry_after)
         return response
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("payload_too_large", str(exc)), status=413)

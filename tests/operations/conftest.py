@@ -34,9 +34,11 @@ def fresh_serving_state() -> Iterator[None]:
 class VllmStandin:
     """The stand-in vLLM as its own process on a fixed port, which tests stop and start like a GPU node."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, *, dim: int = 4096, model: str = "Qwen/Qwen3-Embedding-8B") -> None:
         self.port = free_port()
         self.log_path = log_path
+        self.dim = dim
+        self.model = model
         self.process = None
 
     @property
@@ -52,7 +54,8 @@ class VllmStandin:
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
-        command = [sys.executable, str(STANDIN), "--port", str(self.port), "--dim", "4096"]
+        command = [sys.executable, str(STANDIN), "--port", str(self.port), "--dim", str(self.dim)]
+        command += ["--model", self.model]
         self.process = start(command, environment=dict(os.environ), log_path=self.log_path)
         deadline = time.monotonic() + 30
         while not self.up():

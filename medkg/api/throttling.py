@@ -1,0 +1,19 @@
+"""The per-tenant quota as a DRF throttle: it runs on every authenticated API view, after the scope check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from medkg.api.authentication import TenantPrincipal
+from namespaces.quotas import quota_check_request
+
+
+class TenantQuotaThrottle(BaseThrottle):
+    def allow_request(self, request: Request, view: Any) -> bool:
+        principal = request.user
+        if isinstance(principal, TenantPrincipal):
+            quota_check_request(tenant=principal.tenant)  # raises QuotaExceeded: 429 with Retry-After
+        return True

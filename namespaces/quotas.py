@@ -1,0 +1,187 @@
+"""Per-tenant quotas: API requests per second and embedded tokens per minute.
+
+Token buckets, in Redis when REDIS_URL is set (one Lua script per decision: atomic across every web process)
+and in this process otherwise. A request takes one request token before its view runs and is refused while the
+tenant's token bucket is empty; the tokens a request embedded are charged once they are known, so one large
+request may take the bucket below zero and the next ones wait until it refills.
+
+Limits: the tenant's own (`Tenant.quota_*`, set in the admin), else the settings' defaults; 0 is unlimited.
+When Redis fails, requests are let through (counted as `unenforced`): quotas protect capacity, they must
+not take the API down with the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+
+from medkg.errors import QuotaExceeded
+from medkg.logging import log_event
+from namespaces.metrics import QUOTA_DECISIONS
+from namespaces.models import Tenant
+
+logger = logging.getLogger("medkg.namespaces")
+
+# KEYS[1]: the bucket; ARGV: capacity, refill per second, cost, mode (take | check | charge).
+# Returns {allowed (0/1), level after the decision as text (Lua numbers would lose the fraction)}.
+_BUCKET_SCRIPT = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local mode = ARGV[4]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'level', 'at')
+local level = tonumber(state[1])
+local at = tonumber(state[2])
+if level == nil or at == nil then
+  level = capacity
+  at = now
+end
+level = math.min(capacity, level + math.max(0, now - at) * rate)
+local allowed = 1
+if mode == 'take' then
+  if level >= cost then level = level - cost else allowed = 0 end
+elseif mode == 'check' then
+  if level <= 0 then allowed = 0 end
+else
+  level = level - cost
+end
+redis.call('HSET', KEYS[1], 'level', tostring(level), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 60)
+return {allowed, tostring(level)}
+"""
+
+
+@dataclass(frozen=True)
+class Bucket:
+    kind: str  # "requests" or "tokens": the metric's label and the key's
+    capacity: float
+    rate: float  # refill per second
+
+    def retry_after(self, level: float, cost: float) -> int:
+        """Whole seconds until the bucket holds `cost` (or more than nothing, for cost 0)."""
+        missing = max(cost - level, 0.0) if cost else max(-level, 0.0)
+        return max(1, math.ceil(missing / self.rate))
+
+
+def tenant_buckets(tenant: Tenant) -> tuple[Bucket | None, Bucket | None]:
+    """The tenant's request and token buckets; None where unlimited."""
+    per_second = tenant.quota_requests_per_second
+    if per_second is None:
+        per_second = settings.MEDKG_QUOTA_REQUESTS_PER_SECOND
+    per_minute = tenant.quota_tokens_per_minute
+    if per_minute is None:
+        per_minute = settings.MEDKG_QUOTA_TOKENS_PER_MINUTE
+    requests = Bucket("requests", capacity=max(1.0, per_second), rate=per_second) if per_second > 0 else None
+    tokens = Bucket("tokens", capacity=float(per_minute), rate=per_minute / 60) if per_minute > 0 else None
+    return requests, tokens
+
+
+# --- the two stores ------------------------------------------------------------------------
+
+
+class _LocalBuckets:
+    def __init__(self) -> None:
+        self._levels: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def decide(self, key: str, bucket: Bucket, cost: float, mode: str) -> tuple[bool, float]:
+        with self._lock:
+            now = time.monotonic()
+            level, at = self._levels.get(key, (bucket.capacity, now))
+            level = min(bucket.capacity, level + max(0.0, now - at) * bucket.rate)
+            allowed = True
+            if mode == "take":
+                allowed = level >= cost
+                level -= cost if allowed else 0
+            elif mode == "check":
+                allowed = level > 0
+            else:
+                level -= cost
+            self._levels[key] = (level, now)
+            return allowed, level
+
+    def clear(self) -> None:
+        with self._lock:
+            self._levels.clear()
+
+
+_local = _LocalBuckets()
+
+
+@lru_cache(maxsize=4)
+def _redis_script(url: str) -> Any:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return client.register_script(_BUCKET_SCRIPT)
+
+
+def _decide(tenant: Tenant, bucket: Bucket, cost: float, mode: str) -> tuple[bool, float] | None:
+    """(allowed, level after), or None when Redis failed."""
+    key = f"medkg:quota:{bucket.kind}:{tenant.slug}"
+    if not settings.REDIS_URL:
+        return _local.decide(key, bucket, cost, mode)
+    import redis
+
+    try:
+        allowed, level = _redis_script(settings.REDIS_URL)(keys=[key], args=[bucket.capacity, bucket.rate, cost, mode])
+    except redis.RedisError as error:
+        log_event(logger, "quota_unenforced", logging.WARNING, kind=bucket.kind, error=type(error).__name__)
+        return None
+    return bool(allowed), float(level)
+
+
+def _refuse(tenant: Tenant, bucket: Bucket, limit: float, retry_after: int) -> QuotaExceeded:
+    QUOTA_DECISIONS.labels(kind=bucket.kind, outcome="limited").inc()
+    unit = "requests per second" if bucket.kind == "requests" else "tokens per minute"
+    log_event(logger, "quota_exceeded", tenant=tenant.slug, kind=bucket.kind, retry_after=retry_after)
+    return QuotaExceeded(
+        f"Tenant {tenant.slug} is over its quota of {limit:g} {unit}; retry after {retry_after} s.",
+        details={"kind": bucket.kind, "limit": limit, "retry_after_seconds": retry_after},
+        retry_after=retry_after,
+    )
+
+
+# --- services ------------------------------------------------------------------------------
+
+
+def quota_check_request(*, tenant: Tenant) -> None:
+    """Take one request from the tenant's quota; QuotaExceeded (429) when it or the token quota is spent."""
+    requests, tokens = tenant_buckets(tenant)
+    if requests is not None:
+        decision = _decide(tenant, requests, 1.0, "take")
+        if decision is None:
+            QUOTA_DECISIONS.labels(kind="requests", outcome="unenforced").inc()
+        elif not decision[0]:
+            raise _refuse(tenant, requests, requests.rate, requests.retry_after(decision[1], 1.0))
+        else:
+            QUOTA_DECISIONS.labels(kind="requests", outcome="allowed").inc()
+    if tokens is not None:
+        decision = _decide(tenant, tokens, 0.0, "check")
+        if decision is None:
+            QUOTA_DECISIONS.labels(kind="tokens", outcome="unenforced").inc()
+        elif not decision[0]:
+            raise _refuse(tenant, tokens, tokens.capacity, tokens.retry_after(decision[1], 0.0))
+        else:
+            QUOTA_DECISIONS.labels(kind="tokens", outcome="allowed").inc()
+
+
+def quota_charge_tokens(*, tenant: Tenant, tokens: int) -> None:
+    """Charge the tokens a request embedded (it was let in; the next ones wait if this overdraws)."""
+    _, bucket = tenant_buckets(tenant)
+    if bucket is not None and tokens > 0:
+        _decide(tenant, bucket, float(tokens), "charge")
+
+
+def quotas_reset() -> None:
+    """Forget in-process buckets (tests)."""
+    _local.clear()
