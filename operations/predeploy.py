@@ -139,15 +139,17 @@ def check_migrations() -> CheckResult:
 
 
 def check_configuration() -> CheckResult:
-    from namespaces.config import load_namespace_specs, load_vllm_config
+    from namespaces.config import load_namespace_specs, load_pyserini_config, load_vllm_config
 
     config_dir = Path(settings.MEDKG_CONFIG_DIR)
     try:
         specs = load_namespace_specs(config_dir / "embedding" / "namespaces")
         load_vllm_config(config_dir / "embedding" / "vllm.yaml")
+        load_pyserini_config(config_dir / "embedding" / "pyserini.yaml")
     except ConfigError as error:
         return CheckResult("configuration", False, str(error))
-    return CheckResult("configuration", True, f"{len(specs)} namespace file(s) and embedding/vllm.yaml valid")
+    detail = f"{len(specs)} namespace file(s), embedding/vllm.yaml and embedding/pyserini.yaml valid"
+    return CheckResult("configuration", True, detail)
 
 
 def _report_field(report: Any, name: str) -> Any:

@@ -376,7 +376,8 @@ def test_the_command_prints_a_line_per_check_and_skips_on_request(capsys: pytest
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "Pre-deployment checklist (MEDKG_ENVIRONMENT=development)"
     assert [line.split()[0] for line in lines[1:-1]] == ["[SKIP]"] * 2 + ["[PASS]"] + ["[SKIP]"] * 4
-    assert "2 namespace file(s) and embedding/vllm.yaml valid" in lines[3]
+    seeded = len(list((REPO_ROOT / "config" / "embedding" / "namespaces").glob("*.yaml")))
+    assert f"{seeded} namespace file(s), embedding/vllm.yaml and embedding/pyserini.yaml valid" in lines[3]
     assert lines[-1] == "predeploy_check: ready to deploy (7 checks)"
 
 
