@@ -41,7 +41,7 @@ run: install
 
 serve:
 	MEDKG_PRELOAD_MODELS=1 exec $(VENV)/bin/gunicorn medkg.wsgi:application --bind $(HOST):$(PORT) \
-		--worker-class gthread --workers 1 --threads 8 --timeout 120 --access-logfile -
+		--worker-class gthread --workers 1 --threads 16 --timeout 120 --access-logfile -
 
 services:
 	bash tests/services.sh

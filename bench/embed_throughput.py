@@ -11,7 +11,7 @@ passages that the 256-token budget truncates), on the same deterministic texts:
   `model.encode(batch, batch_size=32, normalize_embeddings=True)` in a loop, one batch at a time,
   called from one long-lived worker thread as the service's gthread threads call it (--raw-thread
   main for the main thread: its OpenMP team spin-waits, which collapses under CPU contention);
-- service: `make serve` as a subprocess (gunicorn gthread, 1 worker, 8 threads, preloaded model)
+- service: `make serve` as a subprocess (gunicorn gthread, 1 worker, 16 threads (GUNICORN_THREADS), preloaded model)
   on a free loopback port with a throwaway SQLite database, and --clients threads, each with its
   own keep-alive httpx client, POSTing /v1/embed with --batch texts per request. Every response
   must hold --batch vectors of dimension 384; anything else is counted and reported as an error.
@@ -322,7 +322,7 @@ def gunicorn_command(port: int) -> list[str]:
         "--workers",
         "1",
         "--threads",
-        "8",
+        os.environ.get("GUNICORN_THREADS", "16"),
         "--timeout",
         "120",
         "--access-logfile",
@@ -792,7 +792,7 @@ def sweep_main(arguments: argparse.Namespace, model: Any, workloads: dict[str, W
     print()
     print(
         f"concurrency sweep, short texts: {arguments.rounds} round(s) of {arguments.duration:g} s per phase, "
-        f"{os.cpu_count()} CPUs; medkg = gunicorn gthread 1 worker x 8 threads"
+        f"{os.cpu_count()} CPUs; medkg = gunicorn gthread 1 worker x {os.environ.get('GUNICORN_THREADS', '16')} threads"
     )
     ratios = sweep_report(results, arguments)
     print()

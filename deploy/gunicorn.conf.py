@@ -9,7 +9,7 @@ import os
 bind = os.environ.get("MEDKG_BIND", "0.0.0.0:8000")
 workers = 1
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 # Kubernetes sends SIGTERM and waits terminationGracePeriodSeconds (45 s): finish requests in flight first.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
