@@ -19,10 +19,10 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from embeddings.fusion import RRF_K, FusionMethod, fuse
+from embeddings.fusion import RRF_K, FusionMethod
 from embeddings.ingestion import IncomingDocument, documents_accept, ingestion_is_paused
 from embeddings.models import Document, EvaluationRun, IngestionJob, JobStatus
-from embeddings.selectors import documents_search
+from embeddings.selectors import HybridPart, documents_search, hybrid_search
 from embeddings.services import INDEXED_KINDS, namespace_check_usable
 from embeddings.stores.registry import index_for
 from medkg.errors import BackendError, InvalidRequest
@@ -148,18 +148,30 @@ def retrieval_evaluate(
         runs: dict[str, dict[str, list[str]]] = {name: {} for name in names}
         fused_runs: dict[str, list[str]] = {}
         search_seconds = dict.fromkeys(names, 0.0)
+        by_name = {namespace.name: namespace for namespace in namespaces}
+        fused_names = set(fusion.weights) if fusion is not None else set()
+        parts = [
+            HybridPart(namespace=by_name[name], weight=weight)
+            for name, weight in (fusion.weights if fusion else {}).items()
+        ]
         for done, (query_id, text) in enumerate(dataset.queries.items(), start=1):
-            rankings: dict[str, list[tuple[str, float]]] = {}
+            if fusion is not None:  # the API's hybrid search: each part's own list (depth 100), then the fusion
+                clock = time.perf_counter()
+                page = hybrid_search(
+                    tenant=tenant, query=text, parts=parts, method=fusion.method, k=100, depth=100, rrf_k=fusion.rrf_k
+                )
+                share = (time.perf_counter() - clock) / len(parts)
+                fused_runs[query_id] = [hit.id for hit in page.hits]
+                for name, hits in page.rankings.items():
+                    search_seconds[name] += share
+                    runs[name][query_id] = [hit.id for hit in hits]
             for namespace in namespaces:
+                if namespace.name in fused_names:
+                    continue
                 clock = time.perf_counter()
                 hits = documents_search(namespace=namespace, tenant=tenant, query=text, k=100)
                 search_seconds[namespace.name] += time.perf_counter() - clock
                 runs[namespace.name][query_id] = [hit.id for hit in hits]
-                rankings[namespace.name] = [(hit.id, hit.score) for hit in hits]
-            if fusion is not None:  # what hybrid_search does with the same lists (depth 100)
-                chosen = {name: rankings[name] for name in fusion.weights}
-                fused = fuse(chosen, fusion.weights, method=fusion.method, rrf_k=fusion.rrf_k)
-                fused_runs[query_id] = [hit.id for hit in fused[:100]]
             if progress:
                 progress("search", done, len(dataset.queries))
         common = {

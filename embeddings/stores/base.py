@@ -12,24 +12,11 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from medkg.errors import DimensionMismatch
-
-
-def upsert_chunks(
-    upsert: Callable[[Any], int], chunks: Iterable[Any], on_progress: Callable[[int], None] | None
-) -> int:
-    """Write chunk after chunk, reporting each chunk's count; the total written."""
-    written = 0
-    for chunk in chunks:
-        count = upsert(chunk)
-        written += count
-        if on_progress:
-            on_progress(count)
-    return written
 
 
 @dataclass(frozen=True)
@@ -67,11 +54,34 @@ class StoreStats:
     bytes_on_disk: int
 
 
-class IndexStore(ABC):
+Item = TypeVar("Item")  # what a store holds per label: a StoredVector or a SparseItem
+
+
+class IndexStore(ABC, Generic[Item]):
     """What every store of one namespace does, dense or sparse: one partition per tenant, labels are Document ids.
     Shared by threads: implementations are thread-safe."""
 
     filters_natively = False  # True: search() applies metadata `filters` itself (an indexed metadata field)
+
+    @abstractmethod
+    def upsert(self, *, tenant: str, items: Sequence[Item]) -> int:
+        """Add or replace entries by label; returns how many were written. Durable when it returns."""
+
+    def bulk_load(
+        self,
+        *,
+        tenant: str,
+        chunks: Iterable[Sequence[Item]],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Upsert many chunks (bootstrap, rebuild). Stores that can make one durable write at the end override it."""
+        written = 0
+        for chunk in chunks:
+            count = self.upsert(tenant=tenant, items=chunk)
+            written += count
+            if on_progress:
+                on_progress(count)
+        return written
 
     @abstractmethod
     def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
@@ -101,25 +111,11 @@ class IndexStore(ABC):
         return True, ""
 
 
-class VectorStore(IndexStore):
+class VectorStore(IndexStore[StoredVector]):
     """Dense vectors of one namespace."""
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
-
-    @abstractmethod
-    def upsert(self, *, tenant: str, items: Sequence[StoredVector]) -> int:
-        """Add or replace vectors by label; returns how many were written. Durable when it returns."""
-
-    def bulk_load(
-        self,
-        *,
-        tenant: str,
-        chunks: Iterable[Sequence[StoredVector]],
-        on_progress: Callable[[int], None] | None = None,
-    ) -> int:
-        """Upsert many chunks (bootstrap, rebuild). Stores that can make one durable write at the end override it."""
-        return upsert_chunks(lambda chunk: self.upsert(tenant=tenant, items=chunk), chunks, on_progress)
 
     @abstractmethod
     def search(
@@ -181,7 +177,7 @@ class SparseItem:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-class SparseStore(IndexStore):
+class SparseStore(IndexStore[SparseItem]):
     """Term-weighted documents of one sparse namespace.
 
     Scores are the store's own: a dot product of term weights (impact, rank_features) or BM25 (lucene).
@@ -191,20 +187,6 @@ class SparseStore(IndexStore):
 
     def __init__(self, config: SparseStoreConfig) -> None:
         self.config = config
-
-    @abstractmethod
-    def upsert(self, *, tenant: str, items: Sequence[SparseItem]) -> int:
-        """Add or replace documents by label; returns how many were written. Durable when it returns."""
-
-    def bulk_load(
-        self,
-        *,
-        tenant: str,
-        chunks: Iterable[Sequence[SparseItem]],
-        on_progress: Callable[[int], None] | None = None,
-    ) -> int:
-        """Upsert many chunks (bootstrap, rebuild)."""
-        return upsert_chunks(lambda chunk: self.upsert(tenant=tenant, items=chunk), chunks, on_progress)
 
     @abstractmethod
     def search(
