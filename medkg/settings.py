@@ -257,6 +257,11 @@ MEDKG_BASE_URL = env.str("MEDKG_BASE_URL", default="http://127.0.0.1:8000")
 PROMETHEUS_URL = env.str("PROMETHEUS_URL", default="")
 # How long a serving process trusts its snapshot of the rollback routes (a rollback waits this long to drain).
 MEDKG_SERVING_STATE_TTL = env.float("MEDKG_SERVING_STATE_TTL", default=1.0)
+# How long a serving process trusts the tenant and namespace rows it read (namespaces/selectors.py): changes
+# saved in the process apply at once, others (another process, bulk updates) within this time; 0 turns it off.
+MEDKG_ACCESS_CACHE_TTL = env.float("MEDKG_ACCESS_CACHE_TTL", default=1.0)
+if MEDKG_ACCESS_CACHE_TTL < 0:
+    raise ImproperlyConfigured("MEDKG_ACCESS_CACHE_TTL must be >= 0")
 
 # --- Celery: eager (in-process) unless a broker is configured ---
 CELERY_BROKER_URL = secret("CELERY_BROKER_URL", "") or ""

@@ -117,12 +117,14 @@ def _faiss_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> No
 
 @pytest.fixture(autouse=True)
 def _serving_state_fresh() -> None:
-    """Circuit breakers and in-process quota buckets are per process: each test starts with closed, full ones."""
+    """Circuit breakers, quota buckets and the access cache are per process: each test starts afresh."""
     from embeddings.failover import breakers_reset
     from namespaces.quotas import quotas_reset
+    from namespaces.selectors import access_cache_clear
 
     breakers_reset()
     quotas_reset()
+    access_cache_clear()  # rows cached by an earlier test were rolled back with its transaction
 
 
 @pytest.fixture
