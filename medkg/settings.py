@@ -167,7 +167,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["medkg.api.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "medkg.api.exceptions.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["medkg.api.throttling.TenantQuotaThrottle"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "medkg.api.schema.MedkgAutoSchema",  # drf-spectacular's, plus the quota's 429
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {

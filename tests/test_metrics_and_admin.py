@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from namespaces.models import AccessAuditEvent
-from tests.conftest import RESTRICTED_NAMESPACE
+from namespaces.models import AccessAuditEvent, Tenant
+from namespaces.quotas import quotas_reset
+from tests.conftest import DEFAULT_NAMESPACE, RESTRICTED_NAMESPACE
 
 
 @pytest.mark.django_db
@@ -71,6 +72,56 @@ def test_openapi_schema_and_docs(api):
         paths
     )
     assert api.get("/v1/docs").status_code == 200
+
+
+@pytest.mark.django_db
+def test_openapi_schema_documents_the_quota_and_failover_answers(api, synced, tenant_a, token_a_write, settings):
+    """429 quota_exceeded with Retry-After on every operation the quota throttle can refuse, X-Medkg-Served-By
+    and the 503 naming the fallback on the embedding endpoints; then real answers carry what the schema says."""
+    schema = api.get("/v1/schema?format=json").json()
+    operations = {
+        (method.upper(), path): operation
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+    error = {"$ref": "#/components/schemas/Error"}
+    assert len(operations) >= 10
+    for (method, path), operation in operations.items():
+        responses = operation["responses"]
+        if path == "/health":
+            assert "429" not in responses  # public: the quota only counts authenticated tenants
+            continue
+        quota = responses.get("429")
+        assert quota is not None, f"{method} {path} does not document 429"
+        assert quota["content"]["application/json"]["schema"] == error, path
+        assert quota["headers"]["Retry-After"] == {
+            "schema": {"type": "integer"},
+            "description": "Whole seconds to wait before the quota lets the request through.",
+            "required": True,
+        }
+        assert quota["description"].startswith("quota_exceeded"), path
+    for path in ("/v1/embed", "/v1/embeddings"):
+        responses = operations[("POST", path)]["responses"]
+        assert responses["200"]["headers"]["X-Medkg-Served-By"]["required"] is True, path
+        unavailable = responses["503"]["content"]["application/json"]
+        assert unavailable["schema"] == error, path
+        (example,) = unavailable["examples"].values()
+        assert {"fallback", "fallback_dim"} <= set(example["value"]["error"]["details"]), path
+    assert "503" not in operations[("GET", "/v1/namespaces")]["responses"]  # failover is the embedding endpoints'
+    components = schema["components"]["schemas"]
+    assert components["Error"]["required"] == ["error"]
+    error_keys = set(components["ErrorDetail"]["required"])
+    assert error_keys == {"code", "message", "details"}
+
+    served = api.post("/v1/embed", {"namespace": DEFAULT_NAMESPACE, "texts": ["aspirin"]}, token=token_a_write)
+    assert served.status_code == 200 and served["X-Medkg-Served-By"] == DEFAULT_NAMESPACE
+    settings.REDIS_URL = ""  # the in-process quota store: nothing shared with other tests
+    quotas_reset()
+    Tenant.objects.filter(pk=tenant_a.pk).update(quota_requests_per_second=1)
+    refused = [api.get("/v1/namespaces", token=token_a_write) for _ in range(2)][-1]
+    quotas_reset()
+    assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
+    assert set(refused.json()["error"]) == error_keys and refused.json()["error"]["code"] == "quota_exceeded"
 
 
 @pytest.mark.django_db

@@ -6,7 +6,7 @@ import base64
 from collections.abc import Sequence
 
 import numpy as np
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,18 +21,62 @@ from embeddings.failover import embeddings_compute_failover
 from embeddings.metrics import request_observed
 from embeddings.services import EmbeddingBatch, SparseBatch, sparse_compute
 from medkg.api.access import namespace_granted
+from medkg.api.exceptions import error_body
 from medkg.api.permissions import check_claimed_tenant, principal_of
+from medkg.api.schema import ErrorSerializer
 from medkg.errors import InvalidRequest
 from namespaces.models import NamespaceKind
 from namespaces.quotas import quota_charge_tokens
 
 SERVED_BY_HEADER = "X-Medkg-Served-By"
 
+# --- OpenAPI: what automatic failover (embeddings/failover.py) shows a client of the embedding endpoints ---
+SERVED_BY = OpenApiParameter(
+    SERVED_BY_HEADER,
+    type=str,
+    location=OpenApiParameter.HEADER,
+    response=[200],
+    required=True,
+    description=(
+        "The namespace whose model computed the answer: the requested one, or its fallback while the "
+        "requested namespace's provider is unavailable (automatic failover)."
+    ),
+)
+PROVIDER_UNAVAILABLE = OpenApiResponse(
+    response=ErrorSerializer,
+    description=(
+        "backend_unavailable, gpu_unavailable or tokenizer_unavailable: the namespace's provider cannot serve now, "
+        "and no fallback answered for it. When the namespace names a fallback that cannot stand in (missing, "
+        "disabled, another kind or dimension: failover refused), details.fallback names it and details.fallback_dim "
+        "gives its dimension (null when missing)."
+    ),
+    examples=[
+        OpenApiExample(
+            "failover_refused",
+            value=error_body(
+                "gpu_unavailable",
+                "Embedding backend unreachable: http://vllm-qwen3:8000/v1/embeddings (ConnectError). Its fallback "
+                "single_vector.minilm.384.v1 has dimension 384, not 4096: it cannot answer for it.",
+                {
+                    "backend": "http://vllm-qwen3:8000/v1/embeddings",
+                    "fallback": "single_vector.minilm.384.v1",
+                    "fallback_dim": 384,
+                },
+            ),
+        )
+    ],
+)
+
 
 class EmbedView(APIView):
     required_scope = "embed:write"
 
-    @extend_schema(request=EmbedInputSerializer, responses={200: EmbedOutputSerializer}, operation_id="embed")
+    @extend_schema(
+        request=EmbedInputSerializer,
+        responses={200: EmbedOutputSerializer, 503: PROVIDER_UNAVAILABLE},
+        parameters=[SERVED_BY],
+        operation_id="embed",
+    )
     def post(self, request: Request) -> Response:
         check_claimed_tenant(request)
         payload = EmbedInputSerializer(data=request.data)
@@ -98,7 +142,8 @@ class OpenAIEmbeddingsView(APIView):
 
     @extend_schema(
         request=OpenAIEmbeddingsInputSerializer,
-        responses={200: OpenAIEmbeddingsOutputSerializer},
+        responses={200: OpenAIEmbeddingsOutputSerializer, 503: PROVIDER_UNAVAILABLE},
+        parameters=[SERVED_BY],
         operation_id="openai_embeddings",
     )
     def post(self, request: Request) -> Response:

@@ -20,6 +20,7 @@ MONITORING = REPO_ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "embeddings.rules.yaml"
 RULE_TESTS = MONITORING / "tests" / "embeddings.rules.test.yaml"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "embeddings.json"
+RUNBOOK = REPO_ROOT / "docs" / "runbook.md"
 # Exported only by processes that have a GPU (operations.metrics.GpuCollector).
 GPU_ONLY = {"embedding_gpu_utilization_ratio", "embedding_gpu_memory_used_bytes", "embedding_gpu_memory_total_bytes"}
 
@@ -42,9 +43,12 @@ def metric_names(expression: str) -> set[str]:
     return names
 
 
+def rule_groups() -> dict[str, list[dict]]:
+    return {group["name"]: group["rules"] for group in yaml.safe_load(RULES.read_text())["groups"]}
+
+
 def rule_expressions() -> dict[str, str]:
-    groups = yaml.safe_load(RULES.read_text())["groups"]
-    return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
+    return {rule["alert"]: rule["expr"] for rules in rule_groups().values() for rule in rules}
 
 
 def dashboard() -> dict:
@@ -70,7 +74,7 @@ promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool
 def test_promtool_checks_the_rules():
     result = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 16 rules found" in result.stdout + result.stderr
 
 
 @promtool
@@ -89,14 +93,53 @@ def test_promtool_unit_tests_make_every_alert_fire_and_not_fire():
 
 def test_rollback_alerts_say_what_the_triggers_file_says():
     config = load_rollback_triggers()
-    groups = {group["name"]: group["rules"] for group in yaml.safe_load(RULES.read_text())["groups"]}
-    rollback_rules = {rule["alert"]: rule for rule in groups["embeddings-rollback-triggers"]}
+    rollback_rules = {rule["alert"]: rule for rule in rule_groups()["embeddings-rollback-triggers"]}
     assert set(rollback_rules) == {trigger.alert_name for trigger in config.triggers}
     for trigger in config.triggers:
         rule = rollback_rules[trigger.alert_name]
         assert rule["expr"] == trigger.alert_promql(config.window), trigger.name
         assert rule["for"] == trigger.for_, trigger.name
         assert rule["labels"] == {"severity": trigger.severity, "rollback_trigger": trigger.name}
+
+
+# Issue 7 (serving at the limit): alert -> (severity, the series it watches, `for`).
+SERVING_ALERTS = {
+    "EmbeddingFailoverActive": ("warning", 'embedding_failover_total{outcome="served"}', "5m"),
+    "EmbeddingCircuitOpen": ("critical", "embedding_circuit_state", "10m"),
+    "EmbeddingFailoverRefused": ("critical", 'embedding_failover_total{outcome="refused"}', "2m"),
+    "EmbeddingFallbackFailed": ("critical", 'embedding_failover_total{outcome="fallback_failed"}', "2m"),
+    "EmbeddingBatchFailures": ("warning", "embedding_batch_failures_total", "5m"),
+    "EmbeddingBatchDeadlineMissed": ("warning", "embedding_batch_deadline_missed_total", "5m"),
+    "EmbeddingQuotaLimiting": ("warning", 'medkg_quota_decisions_total{outcome="limited"}', "15m"),
+    "EmbeddingQuotaUnenforced": ("warning", 'medkg_quota_decisions_total{outcome="unenforced"}', "5m"),
+}
+
+
+def test_serving_alerts_watch_failover_batching_and_quotas():
+    rules = {rule["alert"]: rule for rule in rule_groups()["embeddings-serving"]}
+    assert set(rules) == set(SERVING_ALERTS)
+    for name, (severity, series, for_) in SERVING_ALERTS.items():
+        rule = rules[name]
+        assert rule["labels"] == {"severity": severity}, name
+        assert series in rule["expr"], name
+        assert rule["for"] == for_, name
+        assert "runbook section" in rule["annotations"]["description"], f"{name} does not say where to read on"
+
+
+def test_every_alert_but_the_rollback_triggers_has_a_runbook_row():
+    """The rollback triggers are documented as a group (runbook section 8); every other alert has its own row."""
+    rows = set(re.findall(r"^\| `(Embedding\w+)`", RUNBOOK.read_text(), flags=re.MULTILINE))
+    alerts = {
+        rule["alert"]
+        for name, rules in rule_groups().items()
+        if name != "embeddings-rollback-triggers"
+        for rule in rules
+    }
+    assert alerts - rows == set()
+
+
+def panel(board: dict, title: str) -> dict:
+    return next(panel for panel in board["panels"] if panel["title"] == title)
 
 
 def test_dashboard_has_the_panels_operators_need():
@@ -108,6 +151,12 @@ def test_dashboard_has_the_panels_operators_need():
         "OpenSearch search P95 (target < 200 ms)",
         "Throughput (embeddings/s)",
         "GPU utilisation",
+        "Batch size (texts per pass)",
+        "Requests per pass",
+        "Batch failures and deadline misses",
+        "Failover by outcome",
+        "Circuit breaker state",
+        "Quota decisions by outcome",
     ):
         assert wanted in titles
     faiss = next(panel for panel in board["panels"] if panel["title"].startswith("FAISS"))
@@ -119,6 +168,42 @@ def test_dashboard_has_the_panels_operators_need():
         (MONITORING / "grafana" / "provisioning" / "dashboards" / "embeddings.yaml").read_text()
     )
     assert provisioning["providers"][0]["folder"] == "Embeddings & Representation"
+
+
+def test_dashboard_shows_batching_failover_and_quotas():
+    board = dashboard()
+    expressions = {
+        panel["title"]: [target["expr"] for target in panel["targets"]]
+        for panel in board["panels"]
+        if "targets" in panel
+    }
+    assert any("embedding_batch_texts_count" in expr for expr in expressions["Batch size (texts per pass)"])
+    assert any("embedding_batch_requests_sum" in expr for expr in expressions["Requests per pass"])
+    assert {metric for expr in expressions["Batch failures and deadline misses"] for metric in metric_names(expr)} == {
+        "embedding_batch_failures_total",
+        "embedding_batch_deadline_missed_total",
+    }
+    assert "sum by (namespace, outcome) (rate(embedding_failover_total" in expressions["Failover by outcome"][0]
+    assert "sum by (kind, outcome) (rate(medkg_quota_decisions_total" in expressions["Quota decisions by outcome"][0]
+    circuit = panel(board, "Circuit breaker state")
+    assert "embedding_circuit_state" in circuit["targets"][0]["expr"]
+    (mapping,) = circuit["fieldConfig"]["defaults"]["mappings"]
+    states = {value: (option["text"], option["color"]) for value, option in mapping["options"].items()}
+    # The gauge's values (embeddings/failover.py): 0 closed, 1 open, 2 half-open.
+    assert states == {"0": ("closed", "green"), "1": ("open", "red"), "2": ("half-open", "orange")}
+    for title in ("Failover by outcome", "Circuit breaker state"):
+        assert 'namespace=~"$namespace"' in expressions[title][0], title  # the board's namespace filter applies
+
+
+def test_dashboard_panels_do_not_overlap():
+    cells: dict[tuple[int, int], str] = {}
+    for item in dashboard()["panels"]:
+        grid = item["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, item["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{item['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = item["title"]
 
 
 @pytest.mark.django_db
