@@ -675,9 +675,12 @@ class SweepTargets:
     infinity: InfinityServer | None
 
 
-def sweep_phases(targets: SweepTargets) -> list[str]:
-    phases = ["raw", "on batch", "on single", "off single"]
-    return phases + (["infinity batch", "infinity single"] if targets.infinity else [])
+SWEEP_PHASES = ("raw", "on batch", "on single", "off single", "infinity batch", "infinity single")
+
+
+def sweep_phases(targets: SweepTargets, only: list[str] | None = None) -> list[str]:
+    phases = [phase for phase in SWEEP_PHASES if targets.infinity or not phase.startswith("infinity")]
+    return [phase for phase in phases if phase in only] if only else phases
 
 
 def sweep_phase(
@@ -699,7 +702,7 @@ def sweep_phase(
 def sweep_run(
     targets: SweepTargets, workloads: dict[str, Workload], arguments: argparse.Namespace
 ) -> dict[tuple[int, str], list[PhaseResult]]:
-    phases = sweep_phases(targets)
+    phases = sweep_phases(targets, arguments.sweep_phases)
     results: dict[tuple[int, str], list[PhaseResult]] = {}
     total = len(arguments.sweep_clients) * len(phases) * (arguments.rounds + 1)
     with tqdm(total=total, unit="phase", file=sys.stderr) as progress:
@@ -838,6 +841,12 @@ def arguments_parse() -> argparse.Namespace:
     )
     parser.add_argument("--no-infinity", action="store_true", help="Leave Infinity out of the sweep.")
     parser.add_argument(
+        "--sweep-phases",
+        type=lambda value: [phase.strip() for phase in value.split(",") if phase.strip()],
+        default=None,
+        help=f"Only these phases of the sweep, comma-separated (default all: {', '.join(SWEEP_PHASES)}).",
+    )
+    parser.add_argument(
         "--infinity-setup",
         action="store_true",
         help=f"Create {INFINITY_VENV.relative_to(REPO_ROOT)} with {INFINITY_PIN} first (once, minutes).",
@@ -845,6 +854,9 @@ def arguments_parse() -> argparse.Namespace:
     arguments = parser.parse_args()
     if arguments.duration <= 0 or arguments.rounds < 1 or arguments.clients < 1 or not 1 <= arguments.batch <= 256:
         parser.error("need --duration > 0, --rounds >= 1, --clients >= 1 and 1 <= --batch <= 256")
+    unknown = [phase for phase in arguments.sweep_phases or [] if phase not in SWEEP_PHASES]
+    if unknown:
+        parser.error(f"unknown --sweep-phases {unknown}: choose among {', '.join(SWEEP_PHASES)}")
     return arguments
 
 

@@ -1,10 +1,10 @@
 """Cross-request dynamic batching for in-process models.
 
 Concurrent requests for the same model are queued; one worker thread per model takes what is queued
-(up to `max_batch_size` texts), runs one forward pass and hands each request its own rows. The model's
-encode (sentence-transformers) sorts the texts by length before it pads them, so a merged pass pads
-no more than separate ones, and its fast tokenizer tokenizes the whole batch in one call. A request waits
-in the queue at most until its deadline; a failed pass fails only the requests in it.
+(up to `max_batch_size` texts), encodes it as one batch and hands each request its own rows. The provider
+tokenizes the whole batch in one call of its fast tokenizer and runs it as passes sorted by token count
+(embeddings/sorted_encode.py), so a merged batch pads less than separate requests would. A request waits
+in the queue at most until its deadline; a failed batch fails only the requests in it.
 
 The wait for more requests (`max_wait_time_ms`) is only paid when the previous pass held several requests:
 a lone client is never delayed, while under load the queue fills during the pass anyway.
@@ -36,7 +36,7 @@ EncodeFunction = Callable[[list[str]], np.ndarray]
 
 @dataclass(frozen=True)
 class BatchingLimits:
-    max_batch_size: int  # texts per forward pass (a larger single request runs alone)
+    max_batch_size: int  # texts merged into one batch (a larger single request runs alone)
     max_wait_time_ms: float
 
 

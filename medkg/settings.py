@@ -202,6 +202,8 @@ MEDKG_PRELOAD_MODELS = env.bool("MEDKG_PRELOAD_MODELS", default=False)
 MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", default=30.0)
 # Concurrent requests share forward passes of the in-process model (limits: vllm.yaml's batching section).
 MEDKG_DYNAMIC_BATCHING = env.bool("MEDKG_DYNAMIC_BATCHING", default=True)
+# In-process models run their batches as passes sorted by token count (embeddings/sorted_encode.py).
+MEDKG_TOKEN_SORTED_PASSES = env.bool("MEDKG_TOKEN_SORTED_PASSES", default=True)
 # Per-tenant quotas (a tenant's own, set in the admin, wins; 0 is unlimited): on by default when deployed.
 MEDKG_QUOTA_REQUESTS_PER_SECOND = env.float("MEDKG_QUOTA_REQUESTS_PER_SECOND", default=50.0 if DEPLOYED else 0.0)
 MEDKG_QUOTA_TOKENS_PER_MINUTE = env.int("MEDKG_QUOTA_TOKENS_PER_MINUTE", default=1_000_000 if DEPLOYED else 0)

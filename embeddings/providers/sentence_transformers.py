@@ -16,6 +16,7 @@ import numpy as np
 
 from embeddings.batching import BatchingLimits, batcher_for, batching_enabled, default_limits
 from embeddings.providers.base import EmbeddingProvider, ProviderConfig, Readiness, resolve_local_path
+from embeddings.sorted_encode import SortedEncoder
 from medkg.errors import BackendUnavailable, GpuUnavailable
 
 _models: dict[tuple[str, str, int, str], tuple[Any, threading.Lock]] = {}
@@ -54,6 +55,20 @@ def _load_model(
         return _models[key]
 
 
+_sorted_encoders: dict[int, SortedEncoder | None] = {}
+
+
+def _sorted_encoder(model: Any) -> SortedEncoder | None:
+    """The model's token-sorted encoder (embeddings/sorted_encode.py), probed once per model; None: encode."""
+    from django.conf import settings
+
+    if not settings.MEDKG_TOKEN_SORTED_PASSES:
+        return None
+    if id(model) not in _sorted_encoders:
+        _sorted_encoders[id(model)] = SortedEncoder.probe(model)
+    return _sorted_encoders[id(model)]
+
+
 def model_device(config: ProviderConfig) -> str:
     """cuda when required, asked for or present; cpu otherwise. GpuUnavailable when required and missing."""
     wanted = config.parameter("device")
@@ -74,24 +89,27 @@ class SentenceTransformersProvider(EmbeddingProvider):
             raise BackendUnavailable(f"Namespace {config.namespace} has no model_path.")
         # Resolved once: the path lookup, device probe and module scan stay off the request path.
         # A failed load is not kept, so the next request retries it.
-        self._loaded: tuple[Any, threading.Lock, bool] | None = None
+        self._loaded: tuple[Any, threading.Lock, bool, SortedEncoder | None] | None = None
 
     def _device(self) -> str:
         return model_device(self.config)
 
-    def _model(self) -> tuple[Any, threading.Lock, bool]:
+    def _model(self) -> tuple[Any, threading.Lock, bool, SortedEncoder | None]:
         if self._loaded is None:
             from sentence_transformers.models import Normalize
 
             path = str(resolve_local_path(self.config.model_path))
             model, lock = _load_model(path, self._device(), self.config.max_tokens)
-            self._loaded = (model, lock, any(isinstance(module, Normalize) for module in model))
+            with lock:  # the probe runs the model
+                sorted_encoder = _sorted_encoder(model)
+            normalizes = any(isinstance(module, Normalize) for module in model)
+            self._loaded = (model, lock, normalizes, sorted_encoder)
         return self._loaded
 
     def embed(self, texts: Sequence[str], *, normalize: bool, truncate: bool) -> np.ndarray:
         # Truncation to max_tokens is what the model does anyway (max_seq_length); the service
         # refuses over-budget texts before we get here unless the caller asked for truncation.
-        model, lock, _ = self._model()
+        model, lock, _, _ = self._model()
         if not batching_enabled():
             return self._encode(model, lock, list(texts), normalize=normalize)
         from django.conf import settings
@@ -106,6 +124,10 @@ class SentenceTransformersProvider(EmbeddingProvider):
         return batcher.submit(texts, timeout=settings.MEDKG_PROVIDER_TIMEOUT_SECONDS)
 
     def _encode(self, model: Any, lock: threading.Lock, texts: list[str], *, normalize: bool) -> np.ndarray:
+        sorted_encoder = self._model()[3]
+        if sorted_encoder is not None:
+            with lock:
+                return sorted_encoder.encode(texts, batch_size=self.config.batch_size, normalize=normalize)
         with lock:
             vectors = model.encode(
                 texts,
@@ -129,7 +151,7 @@ class SentenceTransformersProvider(EmbeddingProvider):
 
     def readiness(self) -> Readiness:
         try:
-            model, _, _ = self._model()
+            model = self._model()[0]
         except (BackendUnavailable, GpuUnavailable) as error:
             return Readiness(False, error.message)
         return Readiness(True, f"loaded on {model.device}")

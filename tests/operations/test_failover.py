@@ -67,12 +67,16 @@ def test_fallback_answers_while_the_primary_is_down_and_the_primary_is_back_afte
     api, primary, standin_384, token_a_write, settings
 ):
     settings.MEDKG_BREAKER_FAILURE_THRESHOLD = 2
-    settings.MEDKG_BREAKER_RESET_SECONDS = 0.5
+    # Long enough that starting the stand-in (a Python process) on a busy machine stays within it.
+    settings.MEDKG_BREAKER_RESET_SECONDS = 5.0
     served = counter_value("embedding_failover_total", namespace=PRIMARY, outcome="served")
 
     # The stand-in is not started: its port is closed, as when vLLM is down.
-    for _ in range(4):
+    for attempt in range(4):
+        sent = time.monotonic()
         response = embed(api, token_a_write)
+        if attempt == 1:  # the second failure opened the circuit: after it was sent, before its answer came
+            opened_after, opened_before = sent, time.monotonic()
         assert response.status_code == 200, response.content
         assert response[SERVED_BY] == MINILM
         assert response.json()["namespace"] == MINILM and response.json()["dim"] == 384
@@ -80,8 +84,9 @@ def test_fallback_answers_while_the_primary_is_down_and_the_primary_is_back_afte
     assert counter_value("embedding_circuit_state", namespace=PRIMARY) == 1  # open: the primary is not even tried
 
     standin_384.start()
+    assert time.monotonic() - opened_after < 5.0, "the stand-in took the whole reset time to start"
     assert embed(api, token_a_write)[SERVED_BY] == MINILM  # still open: within the reset time
-    time.sleep(0.6)
+    time.sleep(max(0.0, opened_before + 5.0 + 0.1 - time.monotonic()))
     response = embed(api, token_a_write)  # the half-open probe reaches the primary, which answers
     assert response.status_code == 200 and response[SERVED_BY] == PRIMARY
     assert response.json()["namespace"] == PRIMARY
