@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from namespaces.models import AccessAuditEvent, Tenant
+from namespaces.models import AccessAuditEvent
 from namespaces.quotas import quotas_reset
 from tests.conftest import DEFAULT_NAMESPACE, RESTRICTED_NAMESPACE
 
@@ -117,7 +117,8 @@ def test_openapi_schema_documents_the_quota_and_failover_answers(api, synced, te
     assert served.status_code == 200 and served["X-Medkg-Served-By"] == DEFAULT_NAMESPACE
     settings.REDIS_URL = ""  # the in-process quota store: nothing shared with other tests
     quotas_reset()
-    Tenant.objects.filter(pk=tenant_a.pk).update(quota_requests_per_second=1)
+    tenant_a.quota_requests_per_second = 1
+    tenant_a.save()  # as the admin saves it: applies at once (a bulk update would wait out the access cache)
     refused = [api.get("/v1/namespaces", token=token_a_write) for _ in range(2)][-1]
     quotas_reset()
     assert refused.status_code == 429 and int(refused["Retry-After"]) >= 1
