@@ -133,6 +133,13 @@ except (ImproperlyConfigured, ValueError, KeyError) as error:
 # Persistent connections: a PostgreSQL handshake per request would cost more than the request's queries.
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded default writes from requests and from the ingestion thread at once. IMMEDIATE takes the write
+    # lock when a transaction starts, so writers queue on the busy timeout instead of failing at once with
+    # "database is locked" when a read transaction cannot upgrade; WAL lets readers go on during a write.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"

@@ -15,6 +15,7 @@ import pytest
 
 from tests.deploy.live import MakeRunServer
 from tests.deploy.manifests import REPO_ROOT
+from tests.servers import log_tail
 
 pytestmark = pytest.mark.slow
 
@@ -89,7 +90,10 @@ def test_the_example_runs_as_documented(example: Example, make_run_server: MakeR
 
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, check=False)
 
-    assert result.returncode == 0, f"{example.code}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"{example.code}\nexit {result.returncode}\n{result.stdout}\n{result.stderr}\n"
+        f"server log:\n{log_tail(make_run_server.log, characters=4000)}"
+    )
     if example.language == "python":
         assert result.stdout.split() == ["2", "384"]
         return
