@@ -158,21 +158,17 @@ def quota_check_request(*, tenant: Tenant) -> None:
     """Take one request from the tenant's quota; QuotaExceeded (429) when it or the token quota is spent."""
     requests, tokens = tenant_buckets(tenant)
     if requests is not None:
-        decision = _decide(tenant, requests, 1.0, "take")
-        if decision is None:
-            QUOTA_DECISIONS.labels(kind="requests", outcome="unenforced").inc()
-        elif not decision[0]:
-            raise _refuse(tenant, requests, requests.rate, requests.retry_after(decision[1], 1.0))
-        else:
-            QUOTA_DECISIONS.labels(kind="requests", outcome="allowed").inc()
-    if tokens is not None:
-        decision = _decide(tenant, tokens, 0.0, "check")
-        if decision is None:
-            QUOTA_DECISIONS.labels(kind="tokens", outcome="unenforced").inc()
-        elif not decision[0]:
-            raise _refuse(tenant, tokens, tokens.capacity, tokens.retry_after(decision[1], 0.0))
-        else:
-            QUOTA_DECISIONS.labels(kind="tokens", outcome="allowed").inc()
+        _admit(tenant, requests, amount=1.0, operation="take", limit=requests.rate)
+    if tokens is not None:  # only checked here: the tokens are charged once the request has been embedded
+        _admit(tenant, tokens, amount=0.0, operation="check", limit=tokens.capacity)
+
+
+def _admit(tenant: Tenant, bucket: Bucket, *, amount: float, operation: str, limit: float) -> None:
+    """One bucket's decision, counted; QuotaExceeded when it refuses."""
+    decision = _decide(tenant, bucket, amount, operation)
+    if decision is not None and not decision[0]:
+        raise _refuse(tenant, bucket, limit, bucket.retry_after(decision[1], amount))
+    QUOTA_DECISIONS.labels(kind=bucket.kind, outcome="unenforced" if decision is None else "allowed").inc()
 
 
 def quota_charge_tokens(*, tenant: Tenant, tokens: int) -> None:
