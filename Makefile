@@ -49,7 +49,7 @@ services:
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy medkg namespaces embeddings operations
+	$(VENV)/bin/mypy core medkg namespaces embeddings operations
 
 format: install-dev
 	$(VENV)/bin/ruff format .
@@ -58,7 +58,7 @@ format: install-dev
 test: install-dev services
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy medkg namespaces embeddings operations
+	$(VENV)/bin/mypy core medkg namespaces embeddings operations
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 bench: install-dev

@@ -2,14 +2,14 @@
 
     python bench/bm25_scifact.py [--dataset /work/shared/eval/scifact] [--chunk 1000] [--k1 0.9 --b 0.4]
 
-1. The BEIR dataset (corpus.jsonl, queries.jsonl, qrels/test.tsv) through embeddings.evaluation.beir_load:
+1. The BEIR dataset (corpus.jsonl, queries.jsonl, qrels/test.tsv) through embeddings.retrieval_evaluation.beir_load:
    document text = title + " " + text, only the judged test queries.
 2. medkg: embeddings.stores.lucene.LuceneStore (sparse.bm25.auto.v1's store) upserts the corpus for one tenant in
    --chunk documents a commit, then searches every query with k=100 (one query at a time, as the API does).
 3. Baseline: Anserini's IndexCollection (what `python -m pyserini.index.lucene` runs: JsonCollection,
    DefaultLuceneDocumentGenerator) on the same texts, searched with Pyserini's LuceneSearcher (BM25, same k1/b).
-4. nDCG@10 and Recall@100 of both with embeddings.evaluation.retrieval_metrics, the number of queries whose top-100
-   scores differ, indexing seconds and ms/query p50/p95 with the store/baseline ratio; then the same after
+4. nDCG@10 and Recall@100 of both with embeddings.retrieval_evaluation.retrieval_metrics, the number of queries
+   whose top-100 scores differ, indexing seconds and ms/query p50/p95 with the store/baseline ratio; then the same after
    LuceneStore.optimize() merged the store's segments (one per --chunk commit) into one.
 The issue's gate: nDCG@10 >= 0.66 for sparse.bm25.auto.v1 (Anserini's published BM25 flat: 0.679).
 """
@@ -53,10 +53,10 @@ def main() -> None:
     django.setup()
     from tqdm import tqdm
 
-    from embeddings.evaluation import beir_load, retrieval_metrics
-    from embeddings.pyserini_runtime import anserini_run, pyserini_module
+    from embeddings.retrieval_evaluation import beir_load, retrieval_metrics
     from embeddings.stores.base import SparseItem, SparseStoreConfig
     from embeddings.stores.lucene import LuceneStore
+    from embeddings.stores.pyserini_runtime import anserini_run, pyserini_module
 
     dataset = beir_load(arguments.dataset)
     print(f"{dataset.name}: {len(dataset.corpus)} documents, {len(dataset.queries)} judged queries; work dir {work}")

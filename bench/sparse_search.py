@@ -60,9 +60,9 @@ def main() -> None:
     from django.conf import settings
     from tqdm import tqdm
 
-    from embeddings.evaluation import beir_load, retrieval_metrics
     from embeddings.providers.base import ProviderConfig
     from embeddings.providers.splade import SpladeProvider
+    from embeddings.retrieval_evaluation import beir_load, retrieval_metrics
     from embeddings.stores.base import SparseItem, SparseStoreConfig
     from embeddings.stores.impact import ImpactStore
     from namespaces.config import load_namespace_spec, pyserini_config

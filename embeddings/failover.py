@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from core.errors import BackendUnavailable, MedkgError
+from core.logging import log_event
 from embeddings import metrics
 from embeddings.services import EmbeddingBatch, embeddings_compute
-from medkg.errors import BackendUnavailable, MedkgError
-from medkg.logging import log_event
 from namespaces.models import Namespace
 
 logger = logging.getLogger("medkg.embeddings")

@@ -25,6 +25,8 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from core.errors import BackendUnavailable, MedkgError
+from core.logging import log_event
 from embeddings import metrics
 from embeddings.models import (
     UNFINISHED_JOB_STATUSES,
@@ -38,8 +40,6 @@ from embeddings.providers.registry import sparse_provider_for
 from embeddings.services import INDEXED_KINDS, embeddings_compute, namespace_check_usable, sparse_compute
 from embeddings.stores.base import SparseItem, SparseStore, StoredVector
 from embeddings.stores.registry import index_for
-from medkg.errors import BackendUnavailable, MedkgError
-from medkg.logging import log_event
 from namespaces.models import Namespace, NamespaceKind, Tenant
 
 logger = logging.getLogger("medkg.embeddings.ingestion")
@@ -75,18 +75,31 @@ def ingestion_is_paused(*, namespace: Namespace | None = None) -> bool:
     return IngestionSwitch.objects.filter(scope, paused=True).exists()
 
 
-def ingestion_pause(*, namespace: Namespace | None = None, reason: str = "", changed_by: str = "") -> IngestionSwitch:
-    """Persist the pause. Running jobs stop after their current step; new documents are accepted and wait."""
-    switch, _ = IngestionSwitch.objects.update_or_create(
-        namespace=namespace, defaults={"paused": True, "reason": reason, "changed_by": changed_by}
+def ingestion_pause(*, namespace: Namespace | None = None, reason: str = "", changed_by: str = "") -> bool:
+    """Persist the pause. Running jobs stop after their current step; new documents are accepted and wait.
+
+    False when the switch was paused already: its reason and author are kept (a rollback does not take over an
+    operator's pause, and so does not lift it at its undo).
+    """
+    switch, created = IngestionSwitch.objects.get_or_create(
+        namespace=namespace, defaults={"paused": True, "reason": reason[:500], "changed_by": changed_by[:200]}
     )
+    if not created and switch.paused:
+        return False
+    if not created:
+        switch.paused, switch.reason, switch.changed_by = True, reason[:500], changed_by[:200]
+        switch.save(update_fields=["paused", "reason", "changed_by", "updated_at"])
     log_event(logger, "ingestion_paused", namespace=namespace.name if namespace else "*", reason=reason)
-    return switch
+    return True
 
 
-def ingestion_resume(*, namespace: Namespace | None = None, changed_by: str = "") -> list[IngestionJob]:
+def ingestion_resume(
+    *, namespace: Namespace | None = None, changed_by: str = "", reason: str = ""
+) -> list[IngestionJob]:
     """Lift the pause and queue every job that waited. Returns the jobs queued again."""
-    IngestionSwitch.objects.filter(namespace=namespace).update(paused=False, changed_by=changed_by)
+    IngestionSwitch.objects.filter(namespace=namespace).update(
+        paused=False, reason=reason[:500], changed_by=changed_by[:200], updated_at=timezone.now()
+    )
     log_event(logger, "ingestion_resumed", namespace=namespace.name if namespace else "*")
     return ingestion_requeue(namespace=namespace, statuses=(JobStatus.QUEUED, JobStatus.PAUSED))
 
@@ -139,16 +152,22 @@ def documents_accept(*, namespace: Namespace, tenant: Tenant, documents: Sequenc
     raise AssertionError("unreachable")
 
 
-@transaction.atomic
-def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list[IncomingDocument]) -> IngestionJob:
+def _job_create(namespace: Namespace, tenant: Tenant, kind: str, total: int) -> IngestionJob:
+    """A new job, paused when the namespace's ingestion is paused (resume queues it)."""
     paused = ingestion_is_paused(namespace=namespace)
-    job = IngestionJob.objects.create(
+    return IngestionJob.objects.create(
         namespace=namespace,
         tenant=tenant,
-        kind=JobKind.UPSERT,
-        total=len(documents),
+        kind=kind,
+        total=total,
         status=JobStatus.PAUSED if paused else JobStatus.QUEUED,
     )
+
+
+@transaction.atomic
+def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list[IncomingDocument]) -> IngestionJob:
+    job = _job_create(namespace, tenant, JobKind.UPSERT, len(documents))
+    paused = job.status == JobStatus.PAUSED
     existing = {
         row.external_id: row
         for row in Document.objects.select_for_update().filter(
@@ -212,22 +231,15 @@ def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list
 @transaction.atomic
 def documents_delete(*, namespace: Namespace, tenant: Tenant, external_ids: Sequence[str]) -> IngestionJob:
     """Hide the documents at once (search skips them) and queue the job that removes them from the store."""
-    paused = ingestion_is_paused(namespace=namespace)
     ids = sorted(set(external_ids))
-    job = IngestionJob.objects.create(
-        namespace=namespace,
-        tenant=tenant,
-        kind=JobKind.DELETE,
-        total=len(ids),
-        status=JobStatus.PAUSED if paused else JobStatus.QUEUED,
-    )
+    job = _job_create(namespace, tenant, JobKind.DELETE, len(ids))
     found = Document.objects.filter(namespace=namespace, tenant=tenant, external_id__in=ids).update(
         deleted_at=timezone.now(), job=job
     )
     job.processed = len(ids) - found  # ids that were never there are done already
     job.save(update_fields=["processed"])
     log_event(logger, "documents_delete_accepted", namespace=namespace.name, tenant=tenant.slug, job=str(job.pk))
-    if not paused:
+    if job.status == JobStatus.QUEUED:
         transaction.on_commit(lambda: ingestion_dispatch(job_id=job.pk))
     return job
 

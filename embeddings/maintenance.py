@@ -10,13 +10,13 @@ from typing import Any
 
 from django.db.models import F, Q, QuerySet
 
+from core.errors import BackendUnavailable
+from core.logging import log_event
 from embeddings import metrics
 from embeddings.ingestion import ingestion_is_paused, ingestion_pause, ingestion_resume, vector_from_bytes
 from embeddings.models import Document, IngestionJob, JobStatus
 from embeddings.stores.base import SparseItem, SparseStore, StoredVector
 from embeddings.stores.registry import index_for
-from medkg.errors import BackendUnavailable
-from medkg.logging import log_event
 from namespaces.models import Namespace, NamespaceKind, Tenant
 
 logger = logging.getLogger("medkg.embeddings.maintenance")

@@ -11,7 +11,7 @@ from django.conf import settings
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from medkg.errors import MedkgError
+from core.errors import MedkgError
 
 REQUESTS = Counter(
     "embedding_requests_total",

@@ -21,10 +21,10 @@ from django.conf import settings
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import NotFoundError
 
+from core.errors import BackendError, InvalidRequest
+from core.logging import log_event
 from embeddings.stores.opensearch_index import STORE, index_name, opensearch_client, translated_errors
 from embeddings.stores.opensearch_sparse import rank_features_template
-from medkg.errors import BackendError, InvalidRequest
-from medkg.logging import log_event
 from namespaces.config import NamespaceSpec, load_namespace_specs, pyserini_config
 
 logger = logging.getLogger(__name__)

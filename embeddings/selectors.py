@@ -10,13 +10,13 @@ from uuid import UUID
 
 from django.db.models import Q
 
+from core.errors import AccessRefused, InvalidRequest
 from embeddings import metrics
 from embeddings.fusion import RRF_K, FusionMethod, SourceHit, fuse
 from embeddings.models import Document, IngestionJob
 from embeddings.services import INDEXED_KINDS, embeddings_compute, namespace_check_usable, sparse_compute
 from embeddings.stores.base import SearchHit, SparseStore, VectorStore
 from embeddings.stores.registry import index_for
-from medkg.errors import AccessRefused, InvalidRequest
 from namespaces.models import Namespace, Tenant
 
 MAX_FILTER_CANDIDATES = 100_000

@@ -9,11 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embeddings import metrics
-from embeddings.providers.base import TermWeights
-from embeddings.providers.registry import embedding_provider_for, sparse_provider_for
-from embeddings.tokenization import token_counts
-from medkg.errors import (
+from core.errors import (
     BackendError,
     DimensionMismatch,
     MedkgError,
@@ -22,6 +18,10 @@ from medkg.errors import (
     TokenizerUnavailable,
     UnsupportedNamespaceKind,
 )
+from embeddings import metrics
+from embeddings.providers.base import TermWeights
+from embeddings.providers.registry import embedding_provider_for, sparse_provider_for
+from embeddings.tokenization import token_counts
 from namespaces.models import Namespace, NamespaceKind
 
 logger = logging.getLogger("medkg.embeddings")
@@ -40,11 +40,27 @@ class EmbeddingBatch:
         return sum(self.token_counts)
 
 
+NEAR_BUDGET = 0.9  # a text at 90 % of the budget gets a warning from /validate
+
+
 @dataclass(frozen=True)
 class TokenCheck:
     text_index: int
     token_count: int
     exceeds_budget: bool
+    budget: int
+
+    @property
+    def warning(self) -> str | None:
+        """What a client should know before embedding this text: over the budget, or close to it."""
+        if self.exceeds_budget:
+            return (
+                f"{self.token_count} tokens exceed the budget of {self.budget} by {self.token_count - self.budget}; "
+                "embedding refuses it unless options.truncate is set."
+            )
+        if self.token_count >= NEAR_BUDGET * self.budget:
+            return f"{self.token_count} tokens are within 10% of the budget of {self.budget}."
+        return None
 
 
 def namespace_check_usable(*, namespace: Namespace, kinds: Sequence[str] = (NamespaceKind.SINGLE_VECTOR,)) -> None:
@@ -63,7 +79,8 @@ INDEXED_KINDS = (NamespaceKind.SINGLE_VECTOR, NamespaceKind.SPARSE)  # kinds wit
 def texts_check_budget(*, namespace: Namespace, texts: Sequence[str]) -> list[TokenCheck]:
     """Token count of each text against the namespace's budget. Raises TokenizerUnavailable."""
     counts = token_counts(tokenizer=namespace.tokenizer or namespace.model_path, texts=texts)
-    return [TokenCheck(i, count, count > namespace.max_tokens) for i, count in enumerate(counts)]
+    budget = namespace.max_tokens
+    return [TokenCheck(i, count, count > budget, budget) for i, count in enumerate(counts)]
 
 
 def embeddings_compute(

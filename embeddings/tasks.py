@@ -10,9 +10,9 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db import transaction
 
+from core.errors import BackendUnavailable
+from core.logging import log_event
 from embeddings.ingestion import ingestion_job_run, ingestion_requeue
-from medkg.errors import BackendUnavailable
-from medkg.logging import log_event
 
 logger = logging.getLogger("medkg.embeddings.tasks")
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+from core.errors import TokenizerUnavailable
 from embeddings.providers.base import resolve_local_path
-from medkg.errors import TokenizerUnavailable
 
 
 class _LockedTokenizer:

@@ -21,6 +21,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from embeddings.stores.registry import SPARSE_STORES, STORES
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -209,7 +211,7 @@ MEDKG_PRELOAD_MODELS = env.bool("MEDKG_PRELOAD_MODELS", default=False)
 MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", default=30.0)
 # Concurrent requests share forward passes of the in-process model (limits: vllm.yaml's batching section).
 MEDKG_DYNAMIC_BATCHING = env.bool("MEDKG_DYNAMIC_BATCHING", default=True)
-# In-process models run their batches as passes sorted by token count (embeddings/sorted_encode.py).
+# In-process models run their batches as passes sorted by token count (embeddings/providers/sorted_encode.py).
 MEDKG_TOKEN_SORTED_PASSES = env.bool("MEDKG_TOKEN_SORTED_PASSES", default=True)
 # Per-tenant quotas (a tenant's own, set in the admin, wins; 0 is unlimited): on by default when deployed.
 MEDKG_QUOTA_REQUESTS_PER_SECOND = env.float("MEDKG_QUOTA_REQUESTS_PER_SECOND", default=50.0 if DEPLOYED else 0.0)
@@ -243,13 +245,13 @@ FAISS_DATA_DIR = Path(env.str("FAISS_DATA_DIR", default=str(VAR_DIR / "faiss")))
 PYSERINI_JVM_OPTIONS = env.str("PYSERINI_JVM_OPTIONS", default="")
 # faiss (embedded) unless OpenSearch is configured; a namespace may pick its own with `parameters.store`.
 MEDKG_VECTOR_STORE = env.str("MEDKG_VECTOR_STORE", default="opensearch" if OPENSEARCH_URL else "faiss")
-if MEDKG_VECTOR_STORE not in {"faiss", "opensearch"}:
-    raise ImproperlyConfigured(f"MEDKG_VECTOR_STORE must be faiss or opensearch, not {MEDKG_VECTOR_STORE!r}")
+if MEDKG_VECTOR_STORE not in STORES:
+    raise ImproperlyConfigured(f"MEDKG_VECTOR_STORE must be one of {sorted(STORES)}, not {MEDKG_VECTOR_STORE!r}")
 # Where SPLADE-style term weights go: the embedded impact index beside the FAISS files, or OpenSearch rank_features.
 # A namespace's `parameters.store` wins (BM25 namespaces name `lucene`: Pyserini's own index).
 MEDKG_SPARSE_STORE = env.str("MEDKG_SPARSE_STORE", default="opensearch" if OPENSEARCH_URL else "impact")
-if MEDKG_SPARSE_STORE not in {"impact", "opensearch", "lucene"}:
-    raise ImproperlyConfigured(f"MEDKG_SPARSE_STORE must be impact, opensearch or lucene, not {MEDKG_SPARSE_STORE!r}")
+if MEDKG_SPARSE_STORE not in SPARSE_STORES:
+    raise ImproperlyConfigured(f"MEDKG_SPARSE_STORE must be one of {sorted(SPARSE_STORES)}, not {MEDKG_SPARSE_STORE!r}")
 MEDKG_MAX_DOCUMENTS_PER_REQUEST = positive_int("MEDKG_MAX_DOCUMENTS_PER_REQUEST", 1000)
 MEDKG_MAX_SEARCH_K = positive_int("MEDKG_MAX_SEARCH_K", 1000)
 # Documents embedded and written to the store per step of an ingestion job (one durable index write per step).
@@ -298,7 +300,7 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "medkg.logging.JSONFormatter"}},
+    "formatters": {"json": {"()": "core.logging.JSONFormatter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

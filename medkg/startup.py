@@ -6,7 +6,7 @@ import logging
 
 from django.conf import settings
 
-from medkg.logging import log_event
+from core.logging import log_event
 
 logger = logging.getLogger("medkg.startup")
 

@@ -4,10 +4,12 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
 
-from embeddings.api.documents import DocumentsView, HybridSearchView, JobView, SearchView
-from embeddings.api.views import EmbedView, OpenAIEmbeddingsView
-from namespaces.api.views import NamespaceListView, NamespaceValidateView
-from operations.views import HealthView
+from medkg.api.v1.documents import DocumentsView
+from medkg.api.v1.embed import EmbedView, OpenAIEmbeddingsView
+from medkg.api.v1.health import HealthView
+from medkg.api.v1.jobs import JobView
+from medkg.api.v1.namespaces import NamespaceListView, NamespaceValidateView
+from medkg.api.v1.search import HybridSearchView, SearchView
 
 handler400 = "medkg.api.exceptions.json_bad_request"
 handler403 = "medkg.api.exceptions.json_permission_denied"

@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 
+from core.admin import EvidenceAdmin
 from namespaces.models import AccessAuditEvent, Namespace, Tenant
 
 
@@ -28,7 +29,7 @@ class NamespaceAdmin(admin.ModelAdmin):
 
 
 @admin.register(AccessAuditEvent)
-class AccessAuditEventAdmin(admin.ModelAdmin):
+class AccessAuditEventAdmin(EvidenceAdmin):
     list_display = [
         "occurred_at",
         "reason",
@@ -52,12 +53,3 @@ class AccessAuditEventAdmin(admin.ModelAdmin):
             per_tenant = context["cl"].queryset.order_by().values("token_tenant").annotate(refusals=Count("id"))
             context["counts_per_tenant"] = sorted(per_tenant, key=lambda row: (-row["refusals"], row["token_tenant"]))
         return response
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medkg.errors import ConfigError
+from core.errors import ConfigError
 from namespaces.models import NAMESPACE_NAME_PATTERN, SCOPES, TENANT_SLUG_PATTERN
 
 
@@ -88,13 +88,14 @@ class NamespaceSpec(_Strict):
         return self
 
 
-def _first_error(error: ValidationError) -> tuple[str, str]:
+def first_error(error: ValidationError) -> tuple[str, str]:
+    """The dotted field and the reason of a pydantic error's first entry."""
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "(file)"
     return field, first["msg"]
 
 
-def _read_yaml(path: Path) -> Any:
+def read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -103,15 +104,23 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(str(path), "(file)", f"is not valid YAML: {error}") from error
 
 
-def load_namespace_spec(path: Path) -> NamespaceSpec:
-    data = _read_yaml(path)
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def config_load(path: Path, model: type[Model], *, shape: str) -> Model:
+    """A YAML mapping validated by `model`; a ConfigError names the file, the dotted field and the reason."""
+    data = read_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "(file)", "must be a mapping of namespace fields")
+        raise ConfigError(str(path), "(file)", f"must be a {shape}")
     try:
-        return NamespaceSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as error:
-        field, reason = _first_error(error)
+        field, reason = first_error(error)
         raise ConfigError(str(path), field, reason) from error
+
+
+def load_namespace_spec(path: Path) -> NamespaceSpec:
+    return config_load(path, NamespaceSpec, shape="mapping of namespace fields")
 
 
 def load_namespace_specs(directory: Path) -> list[tuple[Path, NamespaceSpec]]:
@@ -170,7 +179,7 @@ class VllmConfig(_Strict):
 def load_vllm_config(path: Path, environ: dict[str, str] | None = None) -> VllmConfig:
     """Parse config/embedding/vllm.yaml; GPU_MEMORY_UTILIZATION in the environment overrides the file."""
     environ = dict(os.environ) if environ is None else environ
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(str(path), "(file)", "must be a mapping")
     override = environ.get("GPU_MEMORY_UTILIZATION")
@@ -182,7 +191,7 @@ def load_vllm_config(path: Path, environ: dict[str, str] | None = None) -> VllmC
     try:
         return VllmConfig.model_validate(data)
     except ValidationError as error:
-        field, reason = _first_error(error)
+        field, reason = first_error(error)
         source = "GPU_MEMORY_UTILIZATION" if field == "gpu_memory_utilization" and override is not None else str(path)
         raise ConfigError(source, field, reason) from error
 
@@ -239,14 +248,7 @@ class PyseriniConfig(_Strict):
 
 def load_pyserini_config(path: Path) -> PyseriniConfig:
     """Parse config/embedding/pyserini.yaml; errors name the file and the field."""
-    data = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), "(file)", "must be a mapping with model, expansion and opensearch")
-    try:
-        return PyseriniConfig.model_validate(data)
-    except ValidationError as error:
-        field, reason = _first_error(error)
-        raise ConfigError(str(path), field, reason) from error
+    return config_load(path, PyseriniConfig, shape="mapping with model, expansion and opensearch")
 
 
 _pyserini_cache: dict[tuple[str, int], PyseriniConfig] = {}

@@ -22,8 +22,8 @@ from typing import Any
 
 from django.conf import settings
 
-from medkg.errors import QuotaExceeded
-from medkg.logging import log_event
+from core.errors import QuotaExceeded
+from core.logging import log_event
 from namespaces.metrics import QUOTA_DECISIONS
 from namespaces.models import Tenant
 

@@ -12,8 +12,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from rest_framework_simplejwt.tokens import AccessToken
 
-from medkg.errors import ConfigError
-from medkg.logging import log_event
+from core.errors import ConfigError
+from core.logging import log_event
 from namespaces.config import NamespaceSpec, load_namespace_specs
 from namespaces.metrics import CROSS_TENANT_ACCESS_ATTEMPTS
 from namespaces.models import SCOPES, AccessAuditEvent, Namespace, Tenant

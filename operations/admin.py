@@ -10,20 +10,8 @@ from django.db import models
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from core.admin import EvidenceAdmin
 from operations.models import Incident, NamespaceRoute, RollbackDrill, RollbackEvent
-
-
-class EvidenceAdmin(admin.ModelAdmin):
-    """Records that operations commands write: viewable by staff, never added, edited or deleted here."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 def _seconds(value: float | None) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 from django.utils import timezone
 
-from medkg.errors import AccessRefused, MedkgError
+from core.errors import AccessRefused, MedkgError
 from namespaces.models import Namespace
 from namespaces.selectors import namespace_get_for_tenant
 from namespaces.services import tenant_create, token_issue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medkg.errors import MedkgError
+from core.errors import MedkgError
 
 
 class RollbackRefused(MedkgError):

@@ -14,9 +14,9 @@ from typing import Any
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+from core.errors import GpuUnavailable, MedkgError
 from embeddings.models import EvaluationRun
 from embeddings.providers.registry import provider_for
-from medkg.errors import GpuUnavailable, MedkgError
 from namespaces.models import Namespace
 from operations import metrics
 from operations.environment import verify_environment

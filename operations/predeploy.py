@@ -25,9 +25,9 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from prometheus_client import REGISTRY
 
-from medkg.errors import ConfigError, MedkgError
+from core.errors import ConfigError, MedkgError
 
-PROJECT_PACKAGES = ("medkg", "namespaces", "embeddings", "operations")
+PROJECT_PACKAGES = ("core", "medkg", "namespaces", "embeddings", "operations")
 RULES_FILE = Path("deploy/monitoring/embeddings.rules.yaml")
 RULE_TESTS_DIR = Path("deploy/monitoring/tests")
 DASHBOARD_FILE = Path("deploy/monitoring/grafana/dashboards/embeddings.json")

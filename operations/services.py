@@ -23,10 +23,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from embeddings.models import IngestionSwitch
+from core.errors import MedkgError
+from core.logging import log_event
+from embeddings.ingestion import ingestion_pause, ingestion_resume
 from embeddings.providers.registry import provider_for
-from medkg.errors import MedkgError
-from medkg.logging import log_event
 from namespaces.models import Namespace
 from operations.errors import RollbackRefused
 from operations.kubectl import RollbackKubectl
@@ -197,7 +197,9 @@ def rollback_start(
         with recorder.step("legacy_ready") as step:
             step["detail"] = _check_serves(legacy, "legacy", service_url)
         with recorder.step("pause_ingestion") as step:
-            event.ingestion_paused = _ingestion_pause(source, f"rollback #{event.pk}: {reason}", initiated_by)
+            event.ingestion_paused = ingestion_pause(
+                namespace=source, reason=f"rollback #{event.pk}: {reason}", changed_by=initiated_by
+            )
             step["detail"] = "paused" if event.ingestion_paused else "already paused"
         with recorder.step("switch_traffic"):
             with transaction.atomic():
@@ -231,7 +233,11 @@ def _fail(event: RollbackEvent, recorder: StepRecorder, error: MedkgError) -> No
     event.error = error.message
     event.steps = recorder.steps
     if not switched and event.ingestion_paused:
-        _ingestion_resume(Namespace.objects.get(name=event.namespace), f"rollback #{event.pk} failed", "rollback")
+        ingestion_resume(
+            namespace=Namespace.objects.get(name=event.namespace),
+            reason=f"rollback #{event.pk} failed",
+            changed_by="rollback",
+        )
     event.save()
     log_event(logger, "rollback_failed", logging.ERROR, rollback=event.pk, switched=switched, error=error.message)
     if switched:
@@ -282,7 +288,8 @@ def rollback_undo(
         event.restore_seconds = _seconds_since(started_at)
         if event.ingestion_paused:
             with recorder.step("resume_ingestion"):
-                _ingestion_resume(source, f"undo of rollback #{event.pk}", initiated_by)
+                # The one resume: it also queues the jobs accepted meanwhile and the ones the pause stopped.
+                ingestion_resume(namespace=source, reason=f"undo of rollback #{event.pk}", changed_by=initiated_by)
         if kubectl:
             with recorder.step("scale_down_legacy"):
                 kubectl.scale_down_and_apply(kubectl.pair.legacy_deployment, replicas_down, undo=True)
@@ -328,26 +335,6 @@ def _echo_plan(
         deployment_down = kubectl.pair.legacy_deployment if undo else kubectl.pair.primary_deployment
         kubectl.scale_down_and_apply(deployment_down, replicas_down, undo=undo)
     echo(f"nothing was changed ({down.name} keeps serving)" if not undo else "nothing was changed")
-
-
-def _ingestion_pause(namespace: Namespace, reason: str, changed_by: str) -> bool:
-    """Pause the namespace's ingestion (its GPU model is going away); False when it was paused already."""
-    switch, created = IngestionSwitch.objects.get_or_create(
-        namespace=namespace, defaults={"paused": True, "reason": reason[:500], "changed_by": changed_by[:200]}
-    )
-    if created:
-        return True
-    if switch.paused:
-        return False
-    switch.paused, switch.reason, switch.changed_by = True, reason[:500], changed_by[:200]
-    switch.save(update_fields=["paused", "reason", "changed_by", "updated_at"])
-    return True
-
-
-def _ingestion_resume(namespace: Namespace, reason: str, changed_by: str) -> None:
-    IngestionSwitch.objects.filter(namespace=namespace).update(
-        paused=False, reason=reason[:500], changed_by=changed_by[:200], updated_at=timezone.now()
-    )
 
 
 # --- incidents ------------------------------------------------------------------------------

@@ -9,14 +9,13 @@ A change of generation (purge_embedding_cache, reload_providers) makes the proce
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from core.cache import TTLCache
+from core.logging import log_event
 from embeddings.providers.registry import providers_reset
-from medkg.logging import log_event
 from namespaces.models import Namespace
 from operations.models import NamespaceRoute, ServingControl
 
@@ -25,17 +24,16 @@ logger = logging.getLogger("medkg.operations")
 
 @dataclass(frozen=True)
 class ServingState:
-    loaded_at: float
     generation: int
     routes: dict[int, Namespace] = field(default_factory=dict)  # source namespace id → target namespace
 
 
-_state: ServingState | None = None
-_lock = threading.Lock()
-
-
 def serving_state_ttl() -> float:
     return float(settings.MEDKG_SERVING_STATE_TTL)
+
+
+# One snapshot for the process, loaded by one thread while the others wait (every request needs it).
+_state: TTLCache[str, ServingState] = TTLCache(serving_state_ttl, max_entries=1, single_flight=True)
 
 
 def _load(previous: ServingState | None) -> ServingState:
@@ -44,26 +42,18 @@ def _load(previous: ServingState | None) -> ServingState:
     if previous is not None and generation != previous.generation:
         providers_reset()
         log_event(logger, "serving_caches_dropped", generation=generation, previous=previous.generation)
-    return ServingState(loaded_at=time.monotonic(), generation=generation, routes=routes)
+    return ServingState(generation=generation, routes=routes)
 
 
 def serving_state() -> ServingState:
-    global _state
-    state = _state
-    if state is None or time.monotonic() - state.loaded_at >= serving_state_ttl():
-        with _lock:
-            state = _state
-            if state is None or time.monotonic() - state.loaded_at >= serving_state_ttl():
-                state = _state = _load(state)
+    state = _state.get("state", _load)
+    assert state is not None  # _load always returns a state
     return state
 
 
 def serving_state_invalidate() -> None:
     """Reload at the next request (this process changed a route: it sees the change at once)."""
-    global _state
-    with _lock:
-        if _state is not None:
-            _state = ServingState(loaded_at=float("-inf"), generation=_state.generation, routes=_state.routes)
+    _state.expire()
 
 
 def namespace_serving(namespace: Namespace) -> Namespace:

@@ -1,7 +1,7 @@
 """Typed loader of config/monitoring/rollback_triggers.yaml, and each trigger's PromQL.
 
 A trigger is described by its kind and metric, not by a PromQL string, so that the same definition is
-evaluated by Prometheus (the generated PromQL) and locally from the app's own /metrics (operations.evaluation).
+evaluated by Prometheus (the generated PromQL) and locally from the app's own /metrics (operations.trigger_evaluation).
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medkg.errors import ConfigError
-from namespaces.config import _first_error, _read_yaml
+from namespaces.config import config_load
 from namespaces.models import NAMESPACE_NAME_PATTERN
 
 _DURATION = re.compile(r"^(\d+)([smh])$")
@@ -228,11 +227,4 @@ def default_triggers_path() -> Path:
 def load_rollback_triggers(path: Path | str | None = None) -> RollbackTriggers:
     """Parse and validate the triggers file; a ConfigError names the file, the field and the reason."""
     path = Path(path) if path is not None else default_triggers_path()
-    data = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(str(path), "(file)", "must be a mapping with version, rollbacks and triggers")
-    try:
-        return RollbackTriggers.model_validate(data)
-    except ValidationError as error:
-        field, reason = _first_error(error)
-        raise ConfigError(str(path), field, reason) from error
+    return config_load(path, RollbackTriggers, shape="mapping with version, rollbacks and triggers")

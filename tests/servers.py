@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -103,3 +105,34 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # a worker that outlived its master would keep the port
     process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    token: str  # a read+write token of the server's own tenant
+
+
+def provisioned_token(environment: dict[str, str], tenant: str, ttl: str = "2h") -> str:
+    """Migrate and sync the server's database, create `tenant` and return a read+write token of it."""
+    manage(["migrate", "--noinput"], environment=environment)
+    manage(["sync_namespaces"], environment=environment)
+    manage(["create_tenant", tenant], environment=environment)
+    return manage(["issue_token", "--tenant", tenant, "--ttl", ttl], environment=environment).strip()
+
+
+@contextlib.contextmanager
+def gunicorn_served(
+    environment: dict[str, str], *, log_path: Path, token: str, threads: int = 8
+) -> Iterator[LiveServer]:
+    """medkg under gunicorn (gthread, one worker) until the block ends, once its /health answers 200."""
+    port = free_port()
+    command = [str(VENV_BIN / "gunicorn"), "medkg.wsgi:application", "--bind", f"127.0.0.1:{port}"]
+    command += ["--worker-class", "gthread", "--workers", "1", "--threads", str(threads), "--timeout", "120"]
+    process = start(command, environment=environment, log_path=log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process=process, log_path=log_path, deadline=time.monotonic() + 180)
+        yield LiveServer(url=url, token=token)
+    finally:
+        stop(process)

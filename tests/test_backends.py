@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from core.backends import backend_class
+from core.errors import BackendUnavailable
 from embeddings.providers.registry import provider_class
 from embeddings.stores.registry import store_class
-from medkg.backends import backend_class
-from medkg.errors import BackendUnavailable
 
 
 def test_unknown_and_uninstalled_backends_are_backend_unavailable() -> None:
@@ -15,7 +15,21 @@ def test_unknown_and_uninstalled_backends_are_backend_unavailable() -> None:
         store_class("milvus")
     with pytest.raises(BackendUnavailable) as error:
         backend_class({"gpu": "vllm_not_installed_here.Engine"}, "gpu", kind="provider")
-    assert error.value.details == {"provider": "gpu", "package": "vllm_not_installed_here"}
+    assert error.value.details == {
+        "provider": "gpu",
+        "package": "vllm_not_installed_here",
+        "requirements": "requirements.txt",
+    }
+
+
+def test_a_missing_optional_package_names_the_requirements_file_that_installs_it() -> None:
+    with pytest.raises(BackendUnavailable) as error:
+        backend_class({"gpu": "vllm.not_here.Engine"}, "gpu", kind="provider")
+    assert error.value.details["requirements"] == "requirements-gpu.txt"
+    assert "pip install -r requirements-gpu.txt -c constraints.txt" in error.value.message
+    with pytest.raises(BackendUnavailable) as error:
+        backend_class({"bm25": "pyserini.not_here.Searcher"}, "bm25", kind="provider")
+    assert "requirements-sparse.txt" in error.value.message
 
 
 def test_registered_backends_resolve_to_their_classes() -> None:

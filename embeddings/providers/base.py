@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medkg.errors import BackendUnavailable
+from core.backends import install_hint
+from core.errors import BackendUnavailable
 
 if TYPE_CHECKING:
     from namespaces.models import Namespace
@@ -118,7 +119,8 @@ def resolve_local_path(spec: str) -> Path:
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
             raise BackendUnavailable(
-                f"Python package {package!r} is not installed (needed by {spec!r}).", details={"package": package}
+                f"Python package {package!r} is not installed (needed by {spec!r}; {install_hint(package)}).",
+                details={"package": package},
             )
         return Path(next(iter(found.submodule_search_locations))) / sub
     return Path(os.path.expanduser(spec))

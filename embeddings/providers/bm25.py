@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from core.errors import BackendError
 from embeddings.providers.base import Readiness, SparseProvider, TermWeights
-from embeddings.pyserini_runtime import english_analyzer, java_error, jvm_status, pyserini_module
-from medkg.errors import BackendError
+from embeddings.stores.pyserini_runtime import english_analyzer, java_error, jvm_status, pyserini_module
 
 
 class Bm25Provider(SparseProvider):

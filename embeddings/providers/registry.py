@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, TypeVar
 
+from core.backends import backend_class
+from core.errors import UnsupportedNamespaceKind
 from embeddings.providers.base import EmbeddingProvider, Provider, ProviderConfig, SparseProvider
-from medkg.backends import backend_class
-from medkg.errors import UnsupportedNamespaceKind
 
 if TYPE_CHECKING:
     from namespaces.models import Namespace

@@ -3,7 +3,7 @@
 One model instance per (folder, device, max length) per process, loaded on first use.
 Forward passes are serialised by a lock: on a CPU, two concurrent passes only fight over
 the same cores, while one pass at a time keeps throughput at the raw model's. With dynamic batching
-(MEDKG_DYNAMIC_BATCHING, on by default) concurrent requests share one pass (embeddings/batching.py).
+(MEDKG_DYNAMIC_BATCHING, on by default) concurrent requests share one pass (embeddings/providers/batching.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from embeddings.batching import BatchingLimits, batcher_for, batching_enabled, default_limits
+from core.errors import BackendUnavailable, GpuUnavailable
 from embeddings.providers.base import EmbeddingProvider, ProviderConfig, Readiness, resolve_local_path
-from embeddings.sorted_encode import SortedEncoder
-from medkg.errors import BackendUnavailable, GpuUnavailable
+from embeddings.providers.batching import BatchingLimits, batcher_for, batching_enabled, default_limits
+from embeddings.providers.sorted_encode import SortedEncoder
 
 _models: dict[tuple[str, str, int, str], tuple[Any, threading.Lock]] = {}
 _models_lock = threading.Lock()
@@ -59,7 +59,7 @@ _sorted_encoders: dict[int, SortedEncoder | None] = {}
 
 
 def _sorted_encoder(model: Any) -> SortedEncoder | None:
-    """The model's token-sorted encoder (embeddings/sorted_encode.py), probed once per model; None: encode."""
+    """The model's token-sorted encoder (embeddings/providers/sorted_encode.py), probed once per model; None: encode."""
     from django.conf import settings
 
     if not settings.MEDKG_TOKEN_SORTED_PASSES:

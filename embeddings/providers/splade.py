@@ -13,6 +13,7 @@ import types
 from collections.abc import Sequence
 from typing import Any
 
+from core.errors import BackendUnavailable, GpuUnavailable
 from embeddings.providers.base import (
     ProviderConfig,
     Readiness,
@@ -21,7 +22,6 @@ from embeddings.providers.base import (
     resolve_local_path,
 )
 from embeddings.providers.sentence_transformers import _load_model, model_device
-from medkg.errors import BackendUnavailable, GpuUnavailable
 from namespaces.config import ExpansionSide, pyserini_config
 
 

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 from django.conf import settings
 
+from core.errors import BackendError, BackendUnavailable, DimensionMismatch, GpuUnavailable
 from embeddings.providers.base import (
     EmbeddingProvider,
     ProviderConfig,
@@ -25,7 +26,6 @@ from embeddings.providers.base import (
     l2_normalize,
     unset_environment_references,
 )
-from medkg.errors import BackendError, BackendUnavailable, DimensionMismatch, GpuUnavailable
 
 _HEALTH_CACHE_SECONDS = 5.0
 

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from medkg.errors import DimensionMismatch
+from core.errors import DimensionMismatch
 
 
 @dataclass(frozen=True)

@@ -23,26 +23,22 @@ import faiss
 import numpy as np
 from django.conf import settings
 
+from core.errors import BackendError, DimensionMismatch
 from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, VectorStore
 from embeddings.stores.files import (
     FileIdentity,
     PartitionedFileStore,
     PartitionFiles,
-    compaction_due,
     file_identity,
-    keep_slots,
     read_header,
     tombstone,
 )
-from medkg.errors import BackendError, DimensionMismatch
-from medkg.logging import log_event
 
 logger = logging.getLogger("medkg.embeddings.stores")
 
 FILE_SUFFIX = ".faiss.npz"
 FORMAT_VERSION = 1
 EXACT_SEARCH_MAX_CANDIDATES = 2048  # below this many live candidates a brute-force pass is exact and as fast
-COMPACT_MIN_TOMBSTONES = 256
 
 
 def faiss_gpu_status() -> tuple[bool, str]:
@@ -178,30 +174,15 @@ class FaissStore(PartitionedFileStore, VectorStore):
         partition.bitmap = None
         return int(labels.size)
 
-    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
-        if not labels or not self.files.exists(tenant):
-            return 0
-        with self.files.writing(tenant) as partition:
-            removed = sum(tombstone(partition, int(label)) for label in labels)
-            if removed:
-                partition.bitmap = None
-                self._compact_if_needed(tenant, partition)
-                self._persist(tenant, partition)
-        return removed
+    def _forget_derived(self, partition: _Partition) -> None:
+        partition.bitmap = None
 
-    def _compact_if_needed(self, tenant: str, partition: _Partition) -> None:
-        if not compaction_due(partition, COMPACT_MIN_TOMBSTONES):
-            return
-        dead = partition.tombstones
-        slots = np.flatnonzero(partition.alive)
+    def _compact_to(self, partition: _Partition, slots: np.ndarray) -> None:
         vectors = partition.index.reconstruct_batch(slots) if slots.size else np.empty((0, self.config.dim))
         fresh = self._empty()
         if slots.size:
             fresh.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         partition.index = fresh.index
-        keep_slots(partition, slots)
-        partition.bitmap = None
-        log_event(logger, "faiss_compacted", namespace=self.config.namespace, tenant=tenant, removed=dead)
 
     # Reads
 

@@ -10,19 +10,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from core.errors import BackendError
+from core.logging import log_event
 from embeddings.stores.base import StoreStats
-from medkg.errors import BackendError
+
+logger = logging.getLogger("medkg.embeddings.stores")
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -181,10 +186,52 @@ def read_header(stored: Any) -> dict[str, Any]:
     return json.loads(bytes(stored["header"]).decode())  # type: ignore[no-any-return]
 
 
-class PartitionedFileStore:
-    """The reads every file-partitioned store answers the same way (mixed into FaissStore and ImpactStore)."""
+class PartitionedFileStore(ABC):
+    """What every file-partitioned store does the same way (mixed into FaissStore and ImpactStore): the reads, and
+    deletes as tombstones with compaction once they pile up. The store says how to persist a partition, how to
+    rebuild its index from the live slots, and which derived state (bitmap, postings) a change invalidates."""
 
     files: PartitionFiles[Any]
+    config: Any  # the store's StoreConfig or SparseStoreConfig
+
+    @abstractmethod
+    def _persist(self, tenant: str, partition: Any) -> None: ...
+
+    @abstractmethod
+    def _compact_to(self, partition: Any, slots: np.ndarray) -> None:
+        """Rebuild the partition's index (vectors, rows) from `slots`, in order; labels are renumbered after."""
+
+    @abstractmethod
+    def _forget_derived(self, partition: Any) -> None:
+        """Drop what is rebuilt lazily from the partition (live bitmap, term-major postings) after a change."""
+
+    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
+        if not labels or not self.files.exists(tenant):
+            return 0
+        with self.files.writing(tenant) as partition:
+            removed = sum(tombstone(partition, int(label)) for label in labels)
+            if removed:
+                self._forget_derived(partition)
+                self._compact_if_needed(tenant, partition)
+                self._persist(tenant, partition)
+        return removed
+
+    def _compact_if_needed(self, tenant: str, partition: Any) -> None:
+        if not compaction_due(partition):
+            return
+        dead = partition.tombstones
+        slots = np.flatnonzero(partition.alive)
+        self._compact_to(partition, slots)
+        keep_slots(partition, slots)
+        self._forget_derived(partition)
+        log_event(
+            logger,
+            "partition_compacted",
+            store=type(self).__name__,
+            namespace=self.config.namespace,
+            tenant=tenant,
+            removed=dead,
+        )
 
     def count(self, *, tenant: str) -> int:
         partition = self.files.current(tenant, create=False)
@@ -228,9 +275,9 @@ def tombstone(partition: Partition, label: int) -> bool:
     return True
 
 
-def compaction_due(partition: Partition, minimum: int = COMPACT_MIN_TOMBSTONES) -> bool:
+def compaction_due(partition: Partition) -> bool:
     dead = int(partition.labels.size - len(partition.position_of))
-    return dead >= minimum and dead >= COMPACT_TOMBSTONE_FRACTION * partition.labels.size
+    return dead >= COMPACT_MIN_TOMBSTONES and dead >= COMPACT_TOMBSTONE_FRACTION * partition.labels.size
 
 
 def keep_slots(partition: Partition, slots: np.ndarray) -> None:

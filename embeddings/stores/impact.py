@@ -22,25 +22,21 @@ import numpy as np
 import scipy.sparse as sp
 from django.conf import settings
 
+from core.errors import BackendError
 from embeddings.stores.base import SearchHit, SparseItem, SparseStore, SparseStoreConfig
 from embeddings.stores.files import (
     FileIdentity,
     PartitionedFileStore,
     PartitionFiles,
-    compaction_due,
     file_identity,
-    keep_slots,
     read_header,
     tombstone,
 )
-from medkg.errors import BackendError
-from medkg.logging import log_event
 
 logger = logging.getLogger("medkg.embeddings.stores")
 
 FILE_SUFFIX = ".impact.npz"
 FORMAT_VERSION = 1
-COMPACT_MIN_TOMBSTONES = 256
 
 
 @dataclass
@@ -182,21 +178,10 @@ class ImpactStore(PartitionedFileStore, SparseStore):
         partition.position_of.update({int(label): first_slot + i for i, label in enumerate(labels.tolist())})
         partition.postings = None
 
-    def delete(self, *, tenant: str, labels: Sequence[int]) -> int:
-        if not labels or not self.files.exists(tenant):
-            return 0
-        with self.files.writing(tenant) as partition:
-            removed = sum(tombstone(partition, int(label)) for label in labels)
-            if removed:
-                self._compact_if_needed(tenant, partition)
-                self._persist(tenant, partition)
-        return removed
+    def _forget_derived(self, partition: _Partition) -> None:
+        partition.postings = None
 
-    def _compact_if_needed(self, tenant: str, partition: _Partition) -> None:
-        if not compaction_due(partition, COMPACT_MIN_TOMBSTONES):
-            return
-        dead = partition.tombstones
-        slots = np.flatnonzero(partition.alive)
+    def _compact_to(self, partition: _Partition, slots: np.ndarray) -> None:
         rows = partition.rows[slots]
         used = np.unique(rows.indices)  # terms only dead documents had leave the vocabulary too
         remap = np.full(len(partition.vocabulary), -1, dtype=np.int64)
@@ -206,9 +191,6 @@ class ImpactStore(PartitionedFileStore, SparseStore):
         )
         partition.vocabulary = [partition.vocabulary[column] for column in used.tolist()]
         partition.column_of = {term: column for column, term in enumerate(partition.vocabulary)}
-        keep_slots(partition, slots)
-        partition.postings = None
-        log_event(logger, "impact_compacted", namespace=self.config.namespace, tenant=tenant, removed=dead)
 
     # Reads
 

@@ -9,7 +9,7 @@ Files: `<FAISS_DATA_DIR>/<namespace>/<tenant>.lucene/` is a Lucene index directo
 it serialises writers across processes (Lucene's write.lock throws instead of waiting). Each write opens an
 IndexWriter, replaces documents by their `id` term, commits and closes: durable when upsert returns, and a writer
 killed before its commit leaves the index at the previous commit. Readers notice a newer commit (segments_N) and
-reopen. The JVM starts in the process on first use (embeddings.pyserini_runtime), never before a fork.
+reopen. The JVM starts in the process on first use (embeddings.stores.pyserini_runtime), never before a fork.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 
 from django.conf import settings
 
-from embeddings.pyserini_runtime import english_analyzer, java_class, java_error, jvm_status
+from core.errors import BackendError, MedkgError
+from core.logging import log_event
 from embeddings.stores.base import SearchHit, SparseItem, SparseStore, SparseStoreConfig, StoreStats
 from embeddings.stores.files import safe_component as _safe_component
-from medkg.errors import BackendError, MedkgError
-from medkg.logging import log_event
+from embeddings.stores.pyserini_runtime import english_analyzer, java_class, java_error, jvm_status
 from namespaces.config import pyserini_config
 
 logger = logging.getLogger("medkg.embeddings.stores")

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from embeddings.pyserini_runtime import anserini_run, java_error, pyserini_module
-from medkg.errors import BackendError
+from core.errors import BackendError
+from embeddings.stores.pyserini_runtime import anserini_run, java_error, pyserini_module
 from namespaces.config import pyserini_config
 
 

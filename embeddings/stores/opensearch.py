@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import BackendError, DimensionMismatch
 from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, VectorStore
 from embeddings.stores.opensearch_index import (
     STORE,
@@ -37,7 +38,6 @@ from embeddings.stores.opensearch_index import (
     opensearch_client,
     translate_error,
 )
-from medkg.errors import BackendError, DimensionMismatch
 
 __all__ = [
     "OpenSearchStore",

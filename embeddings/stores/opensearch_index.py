@@ -40,9 +40,9 @@ from opensearchpy.exceptions import ConnectionError as ClientConnectionError
 from opensearchpy.exceptions import ConnectionTimeout, NotFoundError, OpenSearchException, TransportError
 from opensearchpy.exceptions import ImproperlyConfigured as ClientImproperlyConfigured
 
+from core.errors import BackendError, BackendUnavailable, InvalidRequest, MedkgError
+from core.logging import log_event
 from embeddings.stores.base import SearchHit, StoreStats
-from medkg.errors import BackendError, BackendUnavailable, InvalidRequest, MedkgError
-from medkg.logging import log_event
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

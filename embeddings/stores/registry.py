@@ -1,6 +1,8 @@
 """Store registry: the namespace (or MEDKG_VECTOR_STORE) names the backend, imported lazily.
 
-Stores are cached per process and per configuration: a FAISS store keeps its indexes in memory.
+Stores are cached per process and per configuration: a FAISS store keeps its indexes in memory. STORES and
+SPARSE_STORES are the only lists of store names: settings validate MEDKG_VECTOR_STORE and MEDKG_SPARSE_STORE
+against them, so this module imports no model at import time.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from core.backends import backend_class
+from core.errors import UnsupportedNamespaceKind
 from embeddings.stores.base import SparseStore, SparseStoreConfig, StoreConfig, VectorStore
-from medkg.backends import backend_class
-from medkg.errors import UnsupportedNamespaceKind
-from namespaces.models import NamespaceKind
 
 if TYPE_CHECKING:
     from namespaces.models import Namespace
@@ -52,6 +53,8 @@ def store_config_for(namespace: Namespace) -> StoreConfig:
 
 
 def sparse_store_config_for(namespace: Namespace) -> SparseStoreConfig:
+    from namespaces.models import NamespaceKind  # here, not at import: settings import this module
+
     if namespace.kind != NamespaceKind.SPARSE:
         raise UnsupportedNamespaceKind(
             f"Namespace {namespace.name} is {namespace.kind}; it cannot be stored in a sparse store.",
@@ -97,10 +100,6 @@ def sparse_store_for(namespace: Namespace) -> SparseStore:
 
 def index_for(namespace: Namespace) -> VectorStore | SparseStore:
     """Where the namespace's documents are indexed, whatever its kind."""
+    from namespaces.models import NamespaceKind
+
     return sparse_store_for(namespace) if namespace.kind == NamespaceKind.SPARSE else store_for(namespace)
-
-
-def stores_reset() -> None:
-    """Forget cached stores (tests, and after index files were replaced out of band)."""
-    with _lock:
-        _instances.clear()

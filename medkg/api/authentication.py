@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework_simplejwt.exceptions import ExpiredTokenError, TokenError
 from rest_framework_simplejwt.tokens import AccessToken, UntypedToken
 
-from medkg.errors import AccessRefused
+from core.errors import AccessRefused
 from namespaces.models import SCOPES, Tenant
 from namespaces.selectors import tenant_get_active
 

@@ -11,8 +11,8 @@ from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
-from medkg.errors import AccessRefused, MedkgError, QuotaExceeded
-from medkg.logging import log_event
+from core.errors import AccessRefused, MedkgError, QuotaExceeded
+from core.logging import log_event
 from medkg.middleware import request_id_of
 
 logger = logging.getLogger("medkg.api")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from rest_framework import serializers
+
+from core.errors import PayloadTooLarge
 
 
 class StrictCharField(serializers.CharField):
@@ -41,3 +44,63 @@ class StrictIntegerField(serializers.IntegerField):
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)  # type: ignore[no-any-return]
+
+
+class VectorField(serializers.ListField):
+    """A list of floats in the schema; the numpy vector goes to the orjson renderer as it is (the hot path)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=serializers.FloatField(), **kwargs)
+
+    def to_representation(self, data: Any) -> Any:
+        return data
+
+
+# --- limits shared by the endpoints that take texts and documents ---
+
+
+def check_text_count(count: int) -> None:
+    limit = settings.MEDKG_MAX_TEXTS_PER_REQUEST
+    if count > limit:
+        raise PayloadTooLarge(f"{count} texts in one request; the limit is {limit}.", details={"limit": limit})
+
+
+def check_document_count(count: int) -> None:
+    limit = settings.MEDKG_MAX_DOCUMENTS_PER_REQUEST
+    if count > limit:
+        raise PayloadTooLarge(f"{count} documents in one request; the limit is {limit}.", details={"limit": limit})
+
+
+def reject_nul(value: Any, where: str) -> None:
+    """PostgreSQL text and jsonb cannot hold NUL: refuse it here rather than fail at the database."""
+    if isinstance(value, str) and "\x00" in value:
+        raise serializers.ValidationError(f"{where} contains a NUL character.")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            reject_nul(key, where)
+            reject_nul(item, where)
+    if isinstance(value, list):
+        for item in value:
+            reject_nul(item, where)
+
+
+class TextsField(serializers.ListField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            child=StrictCharField(allow_blank=False, trim_whitespace=False, max_length=settings.MEDKG_MAX_TEXT_CHARS),
+            allow_empty=False,
+            # Only for the schema's minItems/maxItems: emptiness (400) and the count (413) are checked first.
+            min_length=1,
+            max_length=settings.MEDKG_MAX_TEXTS_PER_REQUEST,
+            **kwargs,
+        )
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        if isinstance(data, list):
+            check_text_count(len(data))
+        return super().to_internal_value(data)  # type: ignore[no-any-return]
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()

@@ -10,7 +10,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
-from medkg.errors import PayloadTooLarge
+from core.errors import PayloadTooLarge
 
 
 class BoundedJSONParser(BaseParser):

@@ -6,9 +6,10 @@ from typing import Any
 
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
+from rest_framework.serializers import Serializer
 
+from core.errors import AccessRefused
 from medkg.api.authentication import TenantPrincipal
-from medkg.errors import AccessRefused
 
 
 class HasRequiredScope(BasePermission):
@@ -41,3 +42,12 @@ def check_claimed_tenant(request: Request) -> None:
     claimed = request.data.get("tenant_id") if isinstance(request.data, dict) else None
     if claimed is not None and claimed != principal.tenant_slug:
         raise AccessRefused("tenant_mismatch", claimed_tenant=str(claimed)[:200])
+
+
+def payload_of(request: Request, serializer_class: type[Serializer], *, claims_tenant: bool = True) -> dict[str, Any]:
+    """The request body validated by `serializer_class` (400 when invalid); its claimed tenant_id is checked first."""
+    if claims_tenant:
+        check_claimed_tenant(request)
+    payload = serializer_class(data=request.data)
+    payload.is_valid(raise_exception=True)
+    return payload.validated_data  # type: ignore[return-value]

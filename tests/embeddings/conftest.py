@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.embeddings.opensearch_fake import FakeOpenSearch, serving
-from tests.servers import VENV_BIN, embedded_environment, free_port, manage, start, stop, wait_for_health
+from tests.servers import embedded_environment, gunicorn_served, provisioned_token
 
 UPSTREAM_TENANT = "upstream"
 
@@ -30,21 +29,10 @@ def upstream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstre
     """A second medkg (gunicorn, gthread) with its own SQLite and signing key: a real embeddings server."""
     var_dir: Path = tmp_path_factory.mktemp("upstream")
     environment = embedded_environment(var_dir, SECRET_KEY=f"upstream-{secrets.token_hex(32)}")
-    manage(["migrate", "--noinput"], environment=environment)
-    manage(["sync_namespaces"], environment=environment)
-    manage(["create_tenant", UPSTREAM_TENANT], environment=environment)
-    token = manage(["issue_token", "--tenant", UPSTREAM_TENANT, "--ttl", "12h"], environment=environment).strip()
-    port = free_port()
-    log_path = var_dir / "gunicorn.log"
-    command = [str(VENV_BIN / "gunicorn"), "medkg.wsgi:application", "--bind", f"127.0.0.1:{port}"]
-    command += ["--worker-class", "gthread", "--workers", "1", "--threads", "4", "--timeout", "120"]
-    process = start(command, environment={**environment, "MEDKG_PRELOAD_MODELS": "1"}, log_path=log_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process=process, log_path=log_path, deadline=time.monotonic() + 180)
-        yield Upstream(url=url, token=token)
-    finally:
-        stop(process)
+    token = provisioned_token(environment, UPSTREAM_TENANT, ttl="12h")
+    served = {**environment, "MEDKG_PRELOAD_MODELS": "1"}
+    with gunicorn_served(served, log_path=var_dir / "gunicorn.log", token=token, threads=4) as server:
+        yield Upstream(url=server.url, token=server.token)
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ def _store(data_dir: str) -> Any:
 
 
 def _search(arguments: tuple[str, str, str]) -> dict[str, Any]:
-    from medkg.errors import BackendUnavailable
+    from core.errors import BackendUnavailable
 
     data_dir, tenant, query = arguments
     try:
@@ -40,7 +40,7 @@ def _search(arguments: tuple[str, str, str]) -> dict[str, Any]:
 
 
 def fork_search(data_dir: str, tenant: str, queries: list[str]) -> dict[str, Any]:
-    from embeddings.pyserini_runtime import jvm_start
+    from embeddings.stores.pyserini_runtime import jvm_start
     from tests.embeddings.test_lucene_bm25 import bm25_provider
 
     context = multiprocessing.get_context("fork")

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 import opensearchpy
 import pytest
 
-from medkg.errors import MedkgError
+from core.errors import MedkgError
 
 SHARDS_OK = {"total": 1, "successful": 1, "skipped": 0, "failed": 0}
 
@@ -262,7 +262,7 @@ def assert_project_error(error: BaseException) -> None:
     """The store's errors are the project's; the client's exception is only the cause, for the logs."""
     assert isinstance(error, MedkgError)
     assert not isinstance(error, opensearchpy.exceptions.OpenSearchException)
-    assert type(error).__module__ == "medkg.errors"
+    assert type(error).__module__ == "core.errors"
 
 
 # Integration tests against a real cluster: marked `opensearch`, and skipped with this reason where none is set.

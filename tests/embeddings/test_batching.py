@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from embeddings.batching import BatchingLimits, DynamicBatcher
+from core.errors import BackendError, BackendUnavailable
+from embeddings.providers.batching import BatchingLimits, DynamicBatcher
 from embeddings.providers.registry import provider_for, providers_reset
-from medkg.errors import BackendError, BackendUnavailable
 from tests.conftest import DEFAULT_NAMESPACE, counter_value
 
 TEXTS = [

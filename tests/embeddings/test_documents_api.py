@@ -330,8 +330,8 @@ def test_store_errors_do_not_lose_accepted_documents(
     synced: dict[str, Namespace], api: Any, ingest: Any, token_a_write: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store that fails mid-job (disk full, say: simulated, it cannot be provoked safely here) keeps the rows."""
+    from core.errors import BackendError
     from embeddings.stores.faiss import FaissStore
-    from medkg.errors import BackendError
 
     def failing(*args: Any, **kwargs: Any) -> int:
         raise BackendError("disk full")

@@ -12,8 +12,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from embeddings.evaluation import beir_load, ndcg_at_k, recall_at_k, retrieval_metrics
 from embeddings.models import Document, EvaluationRun
+from embeddings.retrieval_evaluation import beir_load, ndcg_at_k, recall_at_k, retrieval_metrics
 from namespaces.models import Namespace, Tenant
 from tests.conftest import DEFAULT_NAMESPACE
 

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import BackendError, DimensionMismatch
 from embeddings.stores import faiss as faiss_store
+from embeddings.stores import files as partition_files
 from embeddings.stores.base import StoreConfig, StoredVector
 from embeddings.stores.faiss import FaissStore
-from medkg.errors import BackendError, DimensionMismatch
 
 DIM = 16
 
@@ -163,7 +164,7 @@ def test_unsafe_tenant_or_namespace_names_never_reach_the_filesystem(tmp_path: P
 
 
 def test_tombstones_are_compacted_and_results_stay_right(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(faiss_store, "COMPACT_MIN_TOMBSTONES", 10)
+    monkeypatch.setattr(partition_files, "COMPACT_MIN_TOMBSTONES", 10)
     rng = np.random.default_rng(7)
     vectors = unit(rng, 100)
     store = make_store(tmp_path)

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embeddings.stores import impact as impact_store
+from core.errors import BackendError, DimensionMismatch
+from embeddings.stores import files as partition_files
 from embeddings.stores.base import SparseItem, SparseStoreConfig
 from embeddings.stores.impact import ImpactStore
-from medkg.errors import BackendError, DimensionMismatch
 
 VOCABULARY = [f"term{i}" for i in range(300)] + ["u.s.", "...", "##.", "café"]
 
@@ -184,7 +184,7 @@ def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_tombstones_are_compacted_and_results_stay_right(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(impact_store, "COMPACT_MIN_TOMBSTONES", 10)
+    monkeypatch.setattr(partition_files, "COMPACT_MIN_TOMBSTONES", 10)
     rng = np.random.default_rng(3)
     store = make_store(tmp_path)
     weights = random_terms(rng, 100)

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import BackendError
 from embeddings.providers.base import ProviderConfig
 from embeddings.providers.bm25 import Bm25Provider
 from embeddings.providers.registry import provider_class
-from embeddings.pyserini_runtime import anserini_run, pyserini_module
 from embeddings.stores.base import SparseItem, SparseStoreConfig
 from embeddings.stores.lucene import LuceneStore, latest_commit
 from embeddings.stores.lucene_impact import PyseriniImpactSearcher, impact_index_build, impact_quantize
+from embeddings.stores.pyserini_runtime import anserini_run, pyserini_module
 from embeddings.stores.registry import sparse_store_class
-from medkg.errors import BackendError
 
 NAMESPACE = "sparse.bm25.auto.v1"
 REPO_ROOT = Path(__file__).resolve().parents[2]

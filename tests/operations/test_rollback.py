@@ -17,7 +17,8 @@ import yaml
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from embeddings.models import IngestionSwitch
+from embeddings.models import Document, IngestionSwitch
+from embeddings.stores.registry import store_for
 from namespaces.models import Namespace, Tenant
 from operations.errors import RollbackRefused
 from operations.models import NamespaceRoute, RollbackEvent, RollbackStatus
@@ -102,6 +103,33 @@ def test_a_client_asking_for_the_primarys_dimension_is_refused_not_given_other_v
 
     body = assert_error(response, 400, "invalid_request")
     assert MINILM in body["error"]["message"] and body["error"]["details"] == {"dimensions": 384}
+
+
+def test_documents_accepted_during_a_rollback_are_indexed_after_the_undo_with_no_other_command(
+    api, token_a_write, qwen_served, settings, django_capture_on_commit_callbacks
+):
+    """The undo resumes ingestion the way `manage.py ingestion resume` does: the jobs that waited run."""
+    settings.MEDKG_INGESTION_LOCAL_MODE = "inline"  # a queued job runs when its transaction commits
+    start()
+    documents = [{"id": f"doc-{i}", "text": f"warfarin interacts with drug {i}"} for i in range(3)]
+    with django_capture_on_commit_callbacks(execute=True):
+        accepted = api.post(
+            f"/v1/namespaces/{QWEN}/documents", {"tenant_id": "tenant-a", "documents": documents}, token=token_a_write
+        )
+    assert accepted.status_code == 202 and accepted.json()["status"] == "paused"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        rollback_undo(namespace=QWEN, initiated_by="pytest", reason="recovered")
+
+    job = api.get(accepted.json()["status_url"], token=token_a_write).json()
+    assert (job["status"], job["processed"], job["total"]) == ("succeeded", 3, 3)
+    assert store_for(Namespace.objects.get(name=QWEN)).labels(tenant="tenant-a") == set(
+        Document.objects.filter(namespace__name=QWEN).values_list("pk", flat=True)
+    )
+    hits = api.post(
+        f"/v1/namespaces/{QWEN}/search", {"tenant_id": "tenant-a", "query": "warfarin", "k": 5}, token=token_a_write
+    )
+    assert sorted(hit["id"] for hit in hits.json()["hits"]) == ["doc-0", "doc-1", "doc-2"]
 
 
 def test_a_paused_ingestion_stays_paused_after_the_undo(qwen_served):

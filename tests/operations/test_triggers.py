@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.errors import ConfigError
 from embeddings.models import EvaluationRun
-from medkg.errors import ConfigError
 from namespaces.models import Namespace
-from operations.evaluation import histogram_quantile, local_values, recall_drops, triggers_evaluate
 from operations.models import POST_INCIDENT_REVIEW_DELAY, IncidentStatus
 from operations.services import incident_attach_rollback, incident_open, rollback_start
+from operations.trigger_evaluation import histogram_quantile, local_values, recall_drops, triggers_evaluate
 from operations.triggers import load_rollback_triggers
 from tests.operations.conftest import MINILM, QWEN
 from tests.servers import REPO_ROOT

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 
+from core.management import MedkgCommand
 from embeddings.rank_features import rank_features_templates_apply
-from medkg.errors import ConfigError, MedkgError
 
 
-class Command(BaseCommand):
+class Command(MedkgCommand):
     help = (
         "Create or update the OpenSearch index template (a `rank_features` field named by pyserini.yaml's "
         "opensearch.rank_features_field) of every sparse namespace stored in OpenSearch, or of --namespace. "
@@ -25,12 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Print the diff, change nothing.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            changes = rank_features_templates_apply(namespace=options["namespace"], dry_run=options["dry_run"])
-        except MedkgError as error:
-            raise CommandError(f"{error.code}: {error.message}") from error
-        except ConfigError as error:
-            raise CommandError(f"config_error: {error}") from error
+        changes = rank_features_templates_apply(namespace=options["namespace"], dry_run=options["dry_run"])
         if not changes:
             self.stdout.write("No sparse namespace is stored in OpenSearch (MEDKG_SPARSE_STORE or parameters.store).")
             return

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 
 from embeddings.maintenance import index_bootstrap
-from embeddings.management.commands._common import ProgressBars, namespace_named
-from medkg.errors import MedkgError
+from namespaces.management.base import NamespaceCommand
 
 
-class Command(BaseCommand):
+class Command(NamespaceCommand):
     help = (
         "Create or load the index of a namespace (one per tenant: FAISS HNSW for dense namespaces, the impact or "
         "Lucene index for sparse ones, or the namespace's OpenSearch index) and make it hold exactly what the "
@@ -20,15 +19,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--namespace", required=True)
+        self.add_namespace_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        namespace = namespace_named(options["namespace"])
-        with ProgressBars(self.stderr) as progress:
-            try:
-                report = index_bootstrap(namespace=namespace, progress=progress)
-            except MedkgError as error:
-                raise CommandError(f"{error.code}: {error.message}") from error
+        namespace = self.namespace_named(options["namespace"])
+        with self.progress() as progress:
+            report = index_bootstrap(namespace=namespace, progress=progress)
         written = sum(report.tenants.values())
         self.stdout.write(
             self.style.SUCCESS(

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
-from embeddings.evaluation import FusionSpec, retrieval_evaluate
 from embeddings.fusion import RRF_K
-from embeddings.management.commands._common import ProgressBars, namespace_named
 from embeddings.models import EvaluationRun
-from medkg.errors import MedkgError
+from embeddings.retrieval_evaluation import FusionSpec, retrieval_evaluate
+from namespaces.management.base import NamespaceCommand
 
 
 def _weights(text: str) -> dict[str, float]:
@@ -26,7 +25,7 @@ def _weights(text: str) -> dict[str, float]:
     return weights
 
 
-class Command(BaseCommand):
+class Command(NamespaceCommand):
     help = (
         "Evaluate retrieval on a BEIR-format dataset (corpus.jsonl, queries.jsonl, qrels/test.tsv): ingest the "
         "corpus into a throwaway tenant through the ingestion path (Celery workers when a broker is configured), "
@@ -37,7 +36,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--namespace", required=True, action="append", help="Repeat to evaluate several.")
+        self.add_namespace_argument(parser, action="append", help="Repeat to evaluate several.")
         parser.add_argument("--dataset", required=True, type=Path, help="Folder of the BEIR dataset.")
         parser.add_argument("--fusion", choices=["rrf", "minmax"], help="Also fuse the namespaces (hybrid search).")
         parser.add_argument(
@@ -51,24 +50,21 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print each run as one JSON line.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        namespaces = [namespace_named(name) for name in options["namespace"]]
+        namespaces = [self.namespace_named(name) for name in options["namespace"]]
         fusion = None
         if options["fusion"]:
             weights = _weights(options["weights"]) or {namespace.name: 1.0 for namespace in namespaces}
             fusion = FusionSpec(method=options["fusion"], weights=weights, rrf_k=options["rrf_k"])
         elif options["weights"]:
             raise CommandError("--weights needs --fusion")
-        with ProgressBars(self.stderr, unit="item") as progress:
-            try:
-                report = retrieval_evaluate(
-                    namespaces=namespaces,
-                    dataset_path=options["dataset"],
-                    fusion=fusion,
-                    progress=progress,
-                    keep_tenant=options["keep_tenant"],
-                )
-            except MedkgError as error:
-                raise CommandError(f"{error.code}: {error.message}") from error
+        with self.progress(unit="item") as progress:
+            report = retrieval_evaluate(
+                namespaces=namespaces,
+                dataset_path=options["dataset"],
+                fusion=fusion,
+                progress=progress,
+                keep_tenant=options["keep_tenant"],
+            )
         for run in [*report.runs, *([report.fused] if report.fused else [])]:
             self._print(run, as_json=options["json"])
         gated = report.fused or report.runs[0]

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
 from embeddings.ingestion import ingestion_pause, ingestion_resume, ingestion_status
-from embeddings.management.commands._common import namespace_named
+from namespaces.management.base import NamespaceCommand
 
 
-class Command(BaseCommand):
+class Command(NamespaceCommand):
     help = (
         "Pause or resume document ingestion, or show its state. The switch is stored in the database, so every "
         "web process and worker obeys it and it survives restarts. While paused, documents are still accepted "
@@ -20,12 +20,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("action", choices=["pause", "resume", "status"])
-        parser.add_argument("--namespace", help="Only this namespace (default: all namespaces).")
+        self.add_namespace_argument(parser, required=False, help="Only this namespace (default: all namespaces).")
         parser.add_argument("--reason", default="", help="Why (stored with the switch, shown by status).")
         parser.add_argument("--json", action="store_true", help="status as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        namespace = namespace_named(options["namespace"]) if options["namespace"] else None
+        namespace = self.namespace_named(options["namespace"]) if options["namespace"] else None
         scope = namespace.name if namespace else "all namespaces"
         if options["action"] == "pause":
             ingestion_pause(namespace=namespace, reason=options["reason"], changed_by="manage.py ingestion")

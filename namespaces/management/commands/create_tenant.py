@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from core.management import MedkgCommand
 from namespaces.services import tenant_create
 
 
-class Command(BaseCommand):
+class Command(MedkgCommand):
     help = "Create a tenant with the given slug (the tenant_id of tokens and payloads). Does nothing if it exists."
 
     def add_arguments(self, parser: CommandParser) -> None:

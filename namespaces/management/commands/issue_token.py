@@ -6,8 +6,9 @@ import re
 from datetime import timedelta
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from core.management import MedkgCommand
 from namespaces.selectors import tenant_get_active
 from namespaces.services import token_issue
 
@@ -22,7 +23,7 @@ def parse_ttl(text: str) -> timedelta:
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
-class Command(BaseCommand):
+class Command(MedkgCommand):
     help = (
         "Issue a JWT access token carrying tenant_id and scopes. "
         "Prints only the token, so TOKEN=$(manage.py issue_token ...) works."

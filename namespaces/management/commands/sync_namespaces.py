@@ -6,13 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
 
-from medkg.errors import ConfigError
+from core.management import MedkgCommand
 from namespaces.services import namespace_sync_from_yaml
 
 
-class Command(BaseCommand):
+class Command(MedkgCommand):
+    config_error_note = " (nothing was changed)"
+
     help = (
         "Create or update embedding namespaces from the YAML seed files. Idempotent: prints created, "
         "updated and unchanged. A bad file is reported with the file, the field and the reason, and nothing changes."
@@ -29,10 +31,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         directory = options["directory"] or settings.MEDKG_CONFIG_DIR / "embedding" / "namespaces"
-        try:
-            report = namespace_sync_from_yaml(directory=directory, dry_run=options["dry_run"])
-        except ConfigError as error:
-            raise CommandError(f"{error.file}: field {error.field!r}: {error.reason} (nothing was changed)") from error
+        report = namespace_sync_from_yaml(directory=directory, dry_run=options["dry_run"])
         for label, names in (("created", report.created), ("updated", report.updated), ("unchanged", report.unchanged)):
             for name in names:
                 self.stdout.write(f"{label}: {name}")

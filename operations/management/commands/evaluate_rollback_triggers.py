@@ -8,12 +8,17 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from tqdm import tqdm
 
-from medkg.errors import MedkgError
-from operations.cli import add_kubectl_arguments, add_triggers_argument, operator, rollback_kubectl, triggers_from
-from operations.evaluation import AppMetricsSource, PrometheusSource, TriggerSource, triggers_act, triggers_evaluate
+from operations.management.base import OperationsCommand
+from operations.trigger_evaluation import (
+    AppMetricsSource,
+    PrometheusSource,
+    TriggerSource,
+    triggers_act,
+    triggers_evaluate,
+)
 
 EXIT_FIRED = 3
 EXIT_ACT_FAILED = 4
@@ -26,7 +31,7 @@ def _wait_with_progress(seconds: float) -> None:
         time.sleep(seconds / steps)
 
 
-class Command(BaseCommand):
+class Command(OperationsCommand):
     help = (
         "Evaluate the rollback triggers of config/monitoring/rollback_triggers.yaml: from Prometheus when "
         "PROMETHEUS_URL (or --prometheus-url) is set, else from the running app's /metrics, scraped twice "
@@ -43,16 +48,13 @@ class Command(BaseCommand):
         parser.add_argument("--base-url", default=None, help="The app to scrape (default: $MEDKG_BASE_URL).")
         parser.add_argument("--interval", type=float, default=15.0, help="Seconds between the app's two scrapes.")
         parser.add_argument("--json", action="store_true", help="Print the results as JSON.")
-        add_kubectl_arguments(parser)
-        add_triggers_argument(parser)
+        self.add_kubectl_arguments(parser)
+        self.add_triggers_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        config = triggers_from(options)
+        config = self.triggers_from(options)
         source = self._source(options)
-        try:
-            results = triggers_evaluate(config=config, source=source)
-        except MedkgError as error:
-            raise CommandError(error.message) from error
+        results = triggers_evaluate(config=config, source=source)
         if options["json"]:
             self.stdout.write(json.dumps([result.as_dict() for result in results], indent=2))
         else:
@@ -73,8 +75,8 @@ class Command(BaseCommand):
         actions = triggers_act(
             results=results,
             config=config,
-            initiated_by=f"evaluate_rollback_triggers --act ({operator()})",
-            kubectl_for=lambda pair: rollback_kubectl(config, pair, options, self.stderr.write),
+            initiated_by=f"evaluate_rollback_triggers --act ({self.operator()})",
+            kubectl_for=lambda pair: self.rollback_kubectl(config, pair, options, self.stderr.write),
             echo=self.stderr.write,
             service_url=source.base_url if isinstance(source, AppMetricsSource) else None,
         )

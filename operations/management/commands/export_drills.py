@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
+from core.management import MedkgCommand
 from operations.drills import drills_export
 
 
-class Command(BaseCommand):
+class Command(MedkgCommand):
     help = "Write the recorded rollback drills (RTO against targets, verdicts) as a Markdown table."
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -6,12 +6,13 @@ import json
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from core.management import MedkgCommand
 from operations.predeploy import CHECKS, CheckResult, predeploy_run
 
 
-class Command(BaseCommand):
+class Command(MedkgCommand):
     help = (
         "Run the pre-deployment checklist with the settings of the target environment: every module imports, "
         "no model change lacks a migration, namespace and vLLM configuration valid, GPU namespaces can serve "

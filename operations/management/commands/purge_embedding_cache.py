@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
-from operations.cli import operator
+from core.management import MedkgCommand
 from operations.services import serving_generation_bump
 from operations.serving import serving_state_ttl
 
 
-class Command(BaseCommand):
+class Command(MedkgCommand):
     help = (
         "Make every serving process drop its cached embedding providers (HTTP clients and connection pools to "
         "vLLM, readiness results, model handles): they are rebuilt from the namespaces' current settings on the "
@@ -22,7 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--reason", default="purge_embedding_cache", help="Recorded with the change.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        generation = serving_generation_bump(reason=options["reason"], changed_by=operator())
+        generation = serving_generation_bump(reason=options["reason"], changed_by=self.operator())
         self.stdout.write(
             self.style.SUCCESS(
                 f"serving generation {generation}: every serving process drops its cached providers "

@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from core.errors import MedkgError
 from embeddings.providers.registry import provider_for, providers_reset
-from medkg.errors import MedkgError
 from namespaces.models import Namespace
-from operations.cli import add_kubectl_arguments, add_triggers_argument, operator, triggers_from
 from operations.kubectl import Kubectl
+from operations.management.base import OperationsCommand
 from operations.services import serving_generation_bump
 
 
-class Command(BaseCommand):
+class Command(OperationsCommand):
     help = (
         "Restart the embedding layer: every serving process drops and rebuilds its providers (as "
         "purge_embedding_cache), then each enabled namespace's provider is loaded and probed here and reported. "
@@ -25,24 +25,21 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="With --kubectl: print the commands only.")
-        add_kubectl_arguments(parser)
-        add_triggers_argument(parser)
+        self.add_kubectl_arguments(parser)
+        self.add_triggers_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["kubectl"]:
-            config = triggers_from(options)
+            config = self.triggers_from(options)
             kubectl = Kubectl(
                 kubernetes=config.kubernetes,
                 echo=self.stdout.write,
                 dry_run=options["dry_run"],
                 binary=options["kubectl_binary"],
             )
-            try:
-                kubectl.restart(config.kubernetes.app_deployments)
-            except MedkgError as error:
-                raise CommandError(error.message) from error
+            kubectl.restart(config.kubernetes.app_deployments)
             return
-        generation = serving_generation_bump(reason="reload_providers", changed_by=operator())
+        generation = serving_generation_bump(reason="reload_providers", changed_by=self.operator())
         providers_reset()
         self.stdout.write(f"serving generation {generation}: serving processes rebuild their providers")
         default_ready = False

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
-from medkg.errors import MedkgError
-from operations.cli import add_kubectl_arguments, add_triggers_argument, rollback_kubectl, triggers_from
 from operations.drills import drill_run
+from operations.management.base import OperationsCommand
 
 
-class Command(BaseCommand):
+class Command(OperationsCommand):
     help = (
         "Run a rollback drill on the running service: probe it continuously over HTTP (native and OpenAI "
         "endpoints) while the primary namespace is rolled back to its legacy namespace and then restored, "
@@ -28,11 +27,11 @@ class Command(BaseCommand):
         parser.add_argument("--base-url", default=None, help="The running service (default: $MEDKG_BASE_URL).")
         parser.add_argument("--tenant", default="ops-drill", help="Tenant the probes use (created if missing).")
         parser.add_argument("--probe-interval", type=float, default=0.1, help="Seconds between probes.")
-        add_kubectl_arguments(parser)
-        add_triggers_argument(parser)
+        self.add_kubectl_arguments(parser)
+        self.add_triggers_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        config = triggers_from(options)
+        config = self.triggers_from(options)
         if not config.rollbacks and not (options["namespace"] and options["to"]):
             raise CommandError("name --namespace and --to, or configure `rollbacks` in the triggers file")
         namespace = options["namespace"] or config.rollbacks[0].namespace
@@ -42,20 +41,17 @@ class Command(BaseCommand):
             raise CommandError(f"--to is needed: the triggers file has no rollback for {namespace}")
         base_url = options["base_url"] or settings.MEDKG_BASE_URL
         self.stdout.write(f"drill ({options['environment']}): {namespace} → {target} on {base_url}")
-        try:
-            drill = drill_run(
-                environment=options["environment"],
-                namespace=namespace,
-                target=target,
-                base_url=base_url,
-                tenant_slug=options["tenant"],
-                targets=config.rto_targets,
-                kubectl=rollback_kubectl(config, pair, options, self.stdout.write),
-                probe_interval=options["probe_interval"],
-                echo=self.stdout.write,
-            )
-        except MedkgError as error:
-            raise CommandError(error.message) from error
+        drill = drill_run(
+            environment=options["environment"],
+            namespace=namespace,
+            target=target,
+            base_url=base_url,
+            tenant_slug=options["tenant"],
+            targets=config.rto_targets,
+            kubectl=self.rollback_kubectl(config, pair, options, self.stdout.write),
+            probe_interval=options["probe_interval"],
+            echo=self.stdout.write,
+        )
         summary = (
             f"drill #{drill.pk} {drill.verdict}: RTO {drill.rto_seconds} s (target {drill.target_canary_seconds} s), "
             f"full {drill.full_seconds} s (target {drill.target_full_seconds} s, max {drill.max_seconds} s), "

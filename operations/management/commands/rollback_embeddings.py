@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
-from medkg.errors import MedkgError
-from operations.cli import add_kubectl_arguments, add_triggers_argument, operator, rollback_kubectl, triggers_from
+from operations.management.base import OperationsCommand
 from operations.models import RollbackEvent
 from operations.services import rollback_start, rollback_undo
 
 
-class Command(BaseCommand):
+class Command(OperationsCommand):
     help = (
         "Roll a namespace back: requests for --namespace (native and OpenAI `model`) are answered by the legacy "
         "namespace --to (default: the triggers file's `rollbacks` entry), which names itself and its dimension in "
@@ -41,44 +40,41 @@ class Command(BaseCommand):
             "(which also loads it there) instead of loading it in this process.",
         )
         parser.add_argument("--json", action="store_true", help="Print the recorded event as JSON at the end.")
-        add_kubectl_arguments(parser)
-        add_triggers_argument(parser)
+        self.add_kubectl_arguments(parser)
+        self.add_triggers_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        config = triggers_from(options)
+        config = self.triggers_from(options)
         pair = config.rollback_for(options["namespace"])
         echo = self.stdout.write if not options["json"] else self.stderr.write
-        kubectl = rollback_kubectl(config, pair, options, echo)
-        try:
-            if options["undo"]:
-                event = rollback_undo(
-                    namespace=options["namespace"],
-                    initiated_by=operator(),
-                    reason=options["reason"],
-                    kubectl=kubectl,
-                    dry_run=options["dry_run"],
-                    force=options["force"],
-                    service_url=options["base_url"],
-                    echo=echo,
-                )
-            else:
-                target = options["to"] or (pair.to if pair else None)
-                if not target:
-                    raise CommandError(f"--to is needed: the triggers file has no rollback for {options['namespace']}")
-                if not options["reason"].strip():
-                    raise CommandError("--reason is required: it is recorded with the rollback")
-                event = rollback_start(
-                    namespace=options["namespace"],
-                    target=target,
-                    reason=options["reason"],
-                    initiated_by=operator(),
-                    kubectl=kubectl,
-                    dry_run=options["dry_run"],
-                    service_url=options["base_url"],
-                    echo=echo,
-                )
-        except MedkgError as error:
-            raise CommandError(error.message) from error
+        kubectl = self.rollback_kubectl(config, pair, options, echo)
+        if options["undo"]:
+            event = rollback_undo(
+                namespace=options["namespace"],
+                initiated_by=self.operator(),
+                reason=options["reason"],
+                kubectl=kubectl,
+                dry_run=options["dry_run"],
+                force=options["force"],
+                service_url=options["base_url"],
+                echo=echo,
+            )
+        else:
+            target = options["to"] or (pair.to if pair else None)
+            if not target:
+                raise CommandError(f"--to is needed: the triggers file has no rollback for {options['namespace']}")
+            if not options["reason"].strip():
+                raise CommandError("--reason is required: it is recorded with the rollback")
+            event = rollback_start(
+                namespace=options["namespace"],
+                target=target,
+                reason=options["reason"],
+                initiated_by=self.operator(),
+                kubectl=kubectl,
+                dry_run=options["dry_run"],
+                service_url=options["base_url"],
+                echo=echo,
+            )
         if event is not None:
             self._report(event, undo=options["undo"], as_json=options["json"])
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError
 
+from core.errors import MedkgError
+from core.management import MedkgCommand
 from embeddings.providers.registry import provider_for
-from medkg.errors import MedkgError
 from namespaces.models import Namespace
 from operations.environment import verify_environment
 
@@ -31,7 +32,7 @@ def _namespace_gpu(namespace: Namespace, local_available: bool, local_reason: st
     }
 
 
-class Command(BaseCommand):
+class Command(MedkgCommand):
     help = (
         "Probe the GPU environment for real (torch.cuda; NVML through nvidia-ml-py where installed) and report "
         "available, devices, driver, CUDA and the reason when there is none. A GPU is required by --require-gpu "

@@ -31,11 +31,6 @@ class PayloadTooLarge(MedkgError):
     code = "payload_too_large"
 
 
-class NamespaceNotFound(MedkgError):
-    status_code = 404
-    code = "namespace_not_found"
-
-
 class NamespaceDisabled(MedkgError):
     status_code = 409
     code = "namespace_disabled"

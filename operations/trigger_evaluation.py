@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.errors import MedkgError
 from embeddings.models import EvaluationRun
-from medkg.errors import MedkgError
 from operations.errors import MetricsUnavailable
 from operations.kubectl import RollbackKubectl
 from operations.models import NamespaceRoute

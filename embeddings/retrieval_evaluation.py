@@ -19,17 +19,17 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
+from core.errors import BackendError, InvalidRequest
+from core.logging import log_event
 from embeddings.fusion import RRF_K, FusionMethod
 from embeddings.ingestion import IncomingDocument, documents_accept, ingestion_is_paused
 from embeddings.models import Document, EvaluationRun, IngestionJob, JobStatus
 from embeddings.selectors import HybridPart, documents_search, hybrid_search
 from embeddings.services import INDEXED_KINDS, namespace_check_usable
 from embeddings.stores.registry import index_for
-from medkg.errors import BackendError, InvalidRequest
-from medkg.logging import log_event
 from namespaces.models import Namespace, Tenant
 
-logger = logging.getLogger("medkg.embeddings.evaluation")
+logger = logging.getLogger("medkg.embeddings.retrieval_evaluation")
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 

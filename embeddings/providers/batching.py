@@ -3,7 +3,7 @@
 Concurrent requests for the same model are queued; one worker thread per model takes what is queued
 (up to `max_batch_size` texts), encodes it as one batch and hands each request its own rows. The provider
 tokenizes the whole batch in one call of its fast tokenizer and runs it as passes sorted by token count
-(embeddings/sorted_encode.py), so a merged batch pads less than separate requests would. A request waits
+(embeddings/providers/sorted_encode.py), so a merged batch pads less than separate requests would. A request waits
 in the queue at most until its deadline; a failed batch fails only the requests in it.
 
 The wait for more requests (`max_wait_time_ms`) is only paid when the previous pass held several requests:
@@ -25,9 +25,9 @@ from functools import lru_cache
 import numpy as np
 from django.conf import settings
 
+from core.errors import BackendError, BackendUnavailable, MedkgError
+from core.logging import log_event
 from embeddings import metrics
-from medkg.errors import BackendError, BackendUnavailable, MedkgError
-from medkg.logging import log_event
 
 logger = logging.getLogger("medkg.embeddings")
 

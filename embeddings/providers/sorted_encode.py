@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from medkg.logging import log_event
+from core.logging import log_event
 
 logger = logging.getLogger("medkg.embeddings")
 

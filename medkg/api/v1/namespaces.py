@@ -1,0 +1,109 @@
+"""GET /v1/namespaces (what the tenant may use) and POST /v1/namespaces/{ns}/validate (texts against the budget)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from embeddings.metrics import request_observed
+from embeddings.services import texts_check_budget
+from medkg.api.access import namespace_granted
+from medkg.api.fields import NoUnknownFieldsSerializer, StrictCharField, TextsField
+from medkg.api.permissions import check_claimed_tenant, principal_of
+from namespaces.models import Namespace, Tenant
+from namespaces.selectors import namespace_list_for_tenant
+
+
+class NamespaceInfoSerializer(serializers.ModelSerializer):
+    """What a tenant may know of a namespace. Other tenants' names are never shown to it."""
+
+    allowed_tenants = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Namespace
+        fields = [
+            "name",
+            "kind",
+            "provider",
+            "model_id",
+            "model_version",
+            "dim",
+            "max_tokens",
+            "tokenizer",
+            "pooling",
+            "normalize",
+            "batch_size",
+            "requires_gpu",
+            "enabled",
+            "allowed_scopes",
+            "allowed_tenants",
+            "description",
+        ]
+
+    def get_allowed_tenants(self, namespace: Namespace) -> str | list[str]:
+        if namespace.allow_all_tenants:
+            return "all"
+        # Only the caller itself: listing the other grantees would reveal other tenants.
+        viewer: Tenant | None = self.context.get("tenant")
+        return [
+            tenant.slug for tenant in namespace.allowed_tenants.all() if viewer is not None and tenant.pk == viewer.pk
+        ]
+
+
+class NamespaceListOutputSerializer(serializers.Serializer):
+    namespaces = NamespaceInfoSerializer(many=True)
+
+
+class NamespaceListView(APIView):
+    required_scope = "embed:read"
+
+    @extend_schema(responses={200: NamespaceListOutputSerializer}, operation_id="namespace_list")
+    def get(self, request: Request) -> Response:
+        principal = principal_of(request)
+        namespaces = namespace_list_for_tenant(tenant=principal.tenant)
+        body = {"namespaces": namespaces}
+        return Response(NamespaceListOutputSerializer(body, context={"tenant": principal.tenant}).data)
+
+
+class ValidateInputSerializer(NoUnknownFieldsSerializer):
+    tenant_id = StrictCharField(required=False, max_length=200)
+    texts = TextsField()
+
+
+class ValidationResultSerializer(serializers.Serializer):
+    text_index = serializers.IntegerField()
+    token_count = serializers.IntegerField()
+    exceeds_budget = serializers.BooleanField()
+    warning = serializers.CharField(allow_null=True)
+
+
+class ValidateOutputSerializer(serializers.Serializer):
+    namespace = serializers.CharField()
+    max_tokens = serializers.IntegerField()
+    valid = serializers.BooleanField()
+    results = ValidationResultSerializer(many=True)
+
+
+class NamespaceValidateView(APIView):
+    required_scope = "embed:read"
+
+    @extend_schema(
+        request=ValidateInputSerializer, responses={200: ValidateOutputSerializer}, operation_id="namespace_validate"
+    )
+    def post(self, request: Request, namespace: str) -> Response:
+        check_claimed_tenant(request)
+        payload = ValidateInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        found = namespace_granted(request, name=namespace, scope=self.required_scope)
+        with request_observed(namespace=found.name, endpoint="namespace_validate"):
+            checks = texts_check_budget(namespace=found, texts=payload.validated_data["texts"])
+        body = {
+            "namespace": found.name,
+            "max_tokens": found.max_tokens,
+            "valid": not any(check.exceeds_budget for check in checks),
+            "results": checks,
+        }
+        return Response(ValidateOutputSerializer(body).data)
