@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Q
+from django.db.models import JSONField, Q, Value
+from django.db.models.fields.json import KeyTransform
 
 from core.errors import AccessRefused, InvalidRequest
 from embeddings import metrics
@@ -43,16 +45,43 @@ def job_get_for_tenant(*, job_id: str, tenant: Tenant) -> IngestionJob:
     return job
 
 
+class ObjectKey(KeyTransform):
+    """A top-level metadata key read as an object key, always.
+
+    Django reads a key such as "0" or "-1" as an array index (and one past 64 bits as a numeric, which
+    PostgreSQL refuses with a 500), so `metadata__-1` would neither match the stored key nor run.
+    """
+
+    def as_postgresql(self, compiler: Any, connection: Any) -> tuple[str, tuple[Any, ...]]:
+        lhs, params = compiler.compile(self.lhs)
+        return f"({lhs} -> %s)", (*params, self.key_name)
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> tuple[str, tuple[Any, ...]]:
+        lhs, params = compiler.compile(self.lhs)
+        path = "$." + json.dumps(self.key_name)
+        datatypes = ",".join(repr(datatype) for datatype in connection.ops.jsonfield_datatype_values)
+        sql = (
+            f"(CASE WHEN JSON_TYPE({lhs}, %s) IN ({datatypes}) "
+            f"THEN JSON_TYPE({lhs}, %s) ELSE JSON_EXTRACT({lhs}, %s) END)"
+        )
+        return sql, (*params, path, *params, path, *params, path)
+
+
 def metadata_filter_q(filters: dict[str, Any]) -> Q:
     """Equality on top-level metadata keys; a list value means any of its values."""
     condition = Q()
     for key, value in filters.items():
         if not key or "__" in key:
             raise InvalidRequest(f"Filter key {key!r} is not a metadata key.", details={"filter": key})
-        if isinstance(value, list):
-            condition &= Q(**{f"metadata__{key}__in": value})
-        else:
-            condition &= Q(**{f"metadata__{key}": value})
+        # "Any of" as ORed equalities: the same SQL on PostgreSQL and SQLite (Django's key `in` differs by
+        # vendor), with each value typed as JSON, as the lookup is built before the query resolves the key.
+        transform = ObjectKey(key, "metadata")
+        exact = transform.get_lookup("exact")
+        assert exact is not None  # KeyTransform registers it
+        either = Q()
+        for item in value if isinstance(value, list) else [value]:
+            either |= Q(exact(transform, Value(item, output_field=JSONField())))
+        condition &= either
     return condition
 
 

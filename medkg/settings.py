@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -62,13 +63,44 @@ DEPLOYED = MEDKG_ENVIRONMENT != "development"
 DEBUG = env.bool("DEBUG", default=False)
 if DEPLOYED and DEBUG:
     raise ImproperlyConfigured(f"DEBUG must be off when MEDKG_ENVIRONMENT={MEDKG_ENVIRONMENT}")
+VAR_DIR = Path(env.str("MEDKG_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file, FAISS indexes and dev key live here
+
+
+def development_key(var_dir: Path) -> str:
+    """The embedded default's signing key: random, made once under var_dir (mode 0600), then reused.
+
+    No key is written in the source: anyone could forge any tenant's token with it. The file is
+    created by linking a complete temporary file into place, so concurrent first starts (gunicorn
+    workers, a manage.py command) all end up with the one key that won the link. The
+    django-insecure- prefix keeps `manage.py check --deploy` failing (security.W009) wherever it
+    would reach production.
+    """
+    path = var_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    temporary = var_dir / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(f"django-insecure-{secrets.token_urlsafe(48)}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process made it first: use that one
+    finally:
+        temporary.unlink()
+    return path.read_text().strip()
+
+
 _secret_key = secret("SECRET_KEY")
 if not _secret_key:
     if not DEBUG and env.bool("MEDKG_REQUIRE_SECRET_KEY", default=DEPLOYED):
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set in production")
-    # Embedded/dev default, stable so tokens survive restarts. The django-insecure- prefix makes
-    # `manage.py check --deploy` fail (security.W009) wherever it would reach production.
-    _secret_key = "django-insecure-medkg-development-key-not-for-production"
+    _secret_key = development_key(VAR_DIR)
 SECRET_KEY: str = _secret_key
 if DEPLOYED and "ALLOWED_HOSTS" not in os.environ:
     raise ImproperlyConfigured(f"ALLOWED_HOSTS must be set when MEDKG_ENVIRONMENT={MEDKG_ENVIRONMENT}")
@@ -125,8 +157,6 @@ TEMPLATES = [
     }
 ]
 
-VAR_DIR = Path(env.str("MEDKG_VAR_DIR", default=str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)  # the embedded SQLite file and FAISS indexes live here
 try:
     # secret(): the URL holds the password, so DATABASE_URL_FILE works like the other secrets.
     DATABASES = {"default": env.db_url_config(secret("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'medkg.sqlite3'}")}
@@ -254,6 +284,9 @@ if MEDKG_SPARSE_STORE not in SPARSE_STORES:
     raise ImproperlyConfigured(f"MEDKG_SPARSE_STORE must be one of {sorted(SPARSE_STORES)}, not {MEDKG_SPARSE_STORE!r}")
 MEDKG_MAX_DOCUMENTS_PER_REQUEST = positive_int("MEDKG_MAX_DOCUMENTS_PER_REQUEST", 1000)
 MEDKG_MAX_SEARCH_K = positive_int("MEDKG_MAX_SEARCH_K", 1000)
+# One limit on a document's metadata, checked when it is accepted: what is stored can always be returned by search.
+MEDKG_METADATA_MAX_DEPTH = min(positive_int("MEDKG_METADATA_MAX_DEPTH", 16), 64)
+MEDKG_METADATA_MAX_BYTES = positive_int("MEDKG_METADATA_MAX_BYTES", 16 * 1024)
 # Documents embedded and written to the store per step of an ingestion job (one durable index write per step).
 MEDKG_INGESTION_STEP = positive_int("MEDKG_INGESTION_STEP", 256)
 # Without a broker: run ingestion jobs in a background thread (the default) or inline in the request ("inline").

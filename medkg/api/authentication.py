@@ -62,6 +62,10 @@ class TenantJWTAuthentication(BaseAuthentication):
             raise AccessRefused("expired_token", detail=f"unverified tenant_id={_unverified_tenant(raw)}") from error
         except TokenError as error:
             raise AccessRefused("invalid_token", detail=str(error)[:200]) from error
+        except (TypeError, ValueError, OverflowError) as error:
+            # A validly signed token with a claim of the wrong type (an `exp` that is a string): simplejwt's own
+            # checks raise these, not TokenError.
+            raise AccessRefused("invalid_token", detail=f"malformed claim: {str(error)[:150]}") from error
         slug = token.payload.get("tenant_id")
         scopes = token.payload.get("scopes")
         if not isinstance(slug, str) or not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):

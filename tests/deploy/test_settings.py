@@ -97,3 +97,26 @@ def test_a_wrong_production_environment_stops_at_start_naming_the_variable(
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert named in result.stderr
+
+
+def development_key_of(var_dir: Path, tmp_path: Path) -> str:
+    environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MEDKG_VAR_DIR": str(var_dir)}
+    result = manage(
+        ["shell", "--no-imports", "-c", "from django.conf import settings; print(settings.SECRET_KEY)"], environment
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_without_secret_key_the_embedded_default_makes_a_random_key_once_and_reuses_it(tmp_path: Path) -> None:
+    first = development_key_of(tmp_path / "var", tmp_path)
+    again = development_key_of(tmp_path / "var", tmp_path)
+    elsewhere = development_key_of(tmp_path / "other", tmp_path)
+
+    assert first == again  # make run and every manage.py command sign with the same key
+    assert first != elsewhere and len(first) >= 60
+    assert first.startswith("django-insecure-")  # so check --deploy still refuses it (security.W009)
+    key_file = tmp_path / "var" / "secret_key"
+    assert key_file.read_text().strip() == first
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert [path.name for path in (tmp_path / "var").iterdir() if path.name.startswith(".secret_key")] == []

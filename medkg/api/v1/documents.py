@@ -19,20 +19,44 @@ from medkg.api.access import namespace_granted
 from medkg.api.fields import NoUnknownFieldsSerializer, StrictCharField, check_document_count, reject_nul
 from medkg.api.permissions import payload_of, principal_of
 
-MAX_METADATA_BYTES = 16 * 1024
+
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deep objects and arrays nest in `value` (a flat object is 1), counting no further than limit + 1.
+
+    Iterative, so a hostile document cannot exhaust the stack while it is measured.
+    """
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if not isinstance(item, dict | list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > limit:
+            return depth
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class MetadataField(serializers.DictField):
     def to_internal_value(self, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise serializers.ValidationError("Must be an object.")
+        limit = settings.MEDKG_METADATA_MAX_DEPTH
+        if nesting_depth(data, limit) > limit:
+            # Checked first and without recursion: deeper JSON than the renderer can write back would be
+            # stored and then fail every search that returns it.
+            raise serializers.ValidationError(f"metadata nests deeper than the limit of {limit} levels.")
         reject_nul(data, "metadata")
         try:
             size = len(orjson.dumps(data))
         except (TypeError, orjson.JSONEncodeError) as error:
             raise serializers.ValidationError(f"Not JSON: {error}") from error
-        if size > MAX_METADATA_BYTES:
-            raise serializers.ValidationError(f"metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}.")
+        if size > settings.MEDKG_METADATA_MAX_BYTES:
+            raise serializers.ValidationError(
+                f"metadata is {size} bytes; the limit is {settings.MEDKG_METADATA_MAX_BYTES}."
+            )
         return data
 
 

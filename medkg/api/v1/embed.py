@@ -204,6 +204,9 @@ class OpenAIEmbeddingsInputSerializer(serializers.Serializer):
     encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
     dimensions = serializers.IntegerField(required=False, min_value=1)
     user = StrictCharField(required=False, max_length=500)
+    tenant_id = StrictCharField(
+        required=False, max_length=200, help_text="medkg extension: must equal the token's tenant when given."
+    )
     truncate = StrictBooleanField(required=False, default=False, help_text="medkg extension: cut to the budget.")
     truncate_prompt_tokens = serializers.IntegerField(
         required=False, help_text="vLLM's extension: any value >= 1 turns `truncate` on (cut to the budget)."
@@ -251,6 +254,7 @@ class OpenAIEmbeddingsView(APIView):
         operation_id="openai_embeddings",
     )
     def post(self, request: Request) -> Response:
+        check_claimed_tenant(request)  # a medkg extension field, checked like every other endpoint's
         payload = OpenAIEmbeddingsInputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
