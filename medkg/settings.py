@@ -246,6 +246,11 @@ MEDKG_TOKEN_SORTED_PASSES = env.bool("MEDKG_TOKEN_SORTED_PASSES", default=True)
 # Per-tenant quotas (a tenant's own, set in the admin, wins; 0 is unlimited): on by default when deployed.
 MEDKG_QUOTA_REQUESTS_PER_SECOND = env.float("MEDKG_QUOTA_REQUESTS_PER_SECOND", default=50.0 if DEPLOYED else 0.0)
 MEDKG_QUOTA_TOKENS_PER_MINUTE = env.int("MEDKG_QUOTA_TOKENS_PER_MINUTE", default=1_000_000 if DEPLOYED else 0)
+# Refusals before authentication (no token, a bad or expired one), per client address: past the burst, 429.
+MEDKG_UNAUTHENTICATED_PER_SECOND = env.float("MEDKG_UNAUTHENTICATED_PER_SECOND", default=5.0)
+MEDKG_UNAUTHENTICATED_BURST = positive_int("MEDKG_UNAUTHENTICATED_BURST", 20)
+# They are audited as one row per source, reason and window of this many seconds, with a count.
+MEDKG_REFUSAL_WINDOW_SECONDS = positive_int("MEDKG_REFUSAL_WINDOW_SECONDS", 60)
 if MEDKG_QUOTA_REQUESTS_PER_SECOND < 0 or MEDKG_QUOTA_TOKENS_PER_MINUTE < 0:
     raise ImproperlyConfigured("MEDKG_QUOTA_REQUESTS_PER_SECOND and MEDKG_QUOTA_TOKENS_PER_MINUTE must be >= 0")
 # Automatic failover to a namespace's `fallback`: a circuit breaker per namespace and process.

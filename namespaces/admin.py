@@ -9,7 +9,7 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 
 from core.admin import EvidenceAdmin
-from namespaces.models import AccessAuditEvent, Namespace, Tenant
+from namespaces.models import AccessAuditEvent, Namespace, Tenant, UnauthenticatedRefusalWindow
 
 
 @admin.register(Tenant)
@@ -53,3 +53,11 @@ class AccessAuditEventAdmin(EvidenceAdmin):
             per_tenant = context["cl"].queryset.order_by().values("token_tenant").annotate(refusals=Count("id"))
             context["counts_per_tenant"] = sorted(per_tenant, key=lambda row: (-row["refusals"], row["token_tenant"]))
         return response
+
+
+@admin.register(UnauthenticatedRefusalWindow)
+class UnauthenticatedRefusalWindowAdmin(EvidenceAdmin):
+    list_display = ["window_start", "client_address", "reason", "count", "throttled", "first_endpoint", "last_seen_at"]
+    list_filter = ["reason", "window_start"]
+    search_fields = ["client_address", "first_request_id"]
+    date_hierarchy = "window_start"

@@ -159,3 +159,29 @@ class AccessAuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.reason} {self.token_tenant or '-'} {self.endpoint}"
+
+
+class UnauthenticatedRefusalWindow(models.Model):
+    """Refusals before authentication (no token, a bad or expired one), one row per source, reason and window.
+
+    A flood of bad tokens costs no more rows than sources x reasons x windows; the refusal counter still
+    counts each one. Evidence: only its count and last time grow.
+    """
+
+    window_start = models.DateTimeField(db_index=True)
+    client_address = models.CharField(max_length=45, blank=True)  # "" when the server did not see one
+    reason = models.CharField(max_length=40, choices=AccessRefusalReason.choices)
+    count = models.PositiveBigIntegerField(default=0)
+    throttled = models.PositiveBigIntegerField(default=0, help_text="Of count, answered 429 by the address throttle.")
+    first_endpoint = models.CharField(max_length=100, blank=True)
+    first_request_id = models.CharField(max_length=64, blank=True)
+    last_seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-window_start", "-count"]
+        constraints = [
+            models.UniqueConstraint(fields=["window_start", "client_address", "reason"], name="one_refusal_window")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.window_start:%Y-%m-%d %H:%M} {self.client_address or '-'} {self.reason} x{self.count}"

@@ -127,7 +127,10 @@ def _redis_script(url: str) -> Any:
 
 def _decide(tenant: Tenant, bucket: Bucket, cost: float, mode: str) -> tuple[bool, float] | None:
     """(allowed, level after), or None when Redis failed."""
-    key = f"medkg:quota:{bucket.kind}:{tenant.slug}"
+    return _bucket_decide(f"medkg:quota:{bucket.kind}:{tenant.slug}", bucket, cost, mode)
+
+
+def _bucket_decide(key: str, bucket: Bucket, cost: float, mode: str) -> tuple[bool, float] | None:
     if not settings.REDIS_URL:
         return _local.decide(key, bucket, cost, mode)
     import redis
@@ -178,6 +181,30 @@ def quota_charge_tokens(*, tenant: Tenant, tokens: int) -> None:
         _decide(tenant, bucket, float(tokens), "charge")
 
 
+def address_throttle_unauthenticated(address: str | None) -> int | None:
+    """Take one from the client address's budget of refusals before authentication: None while it lasts, else
+    the seconds to wait (the caller answers 429). A valid token never reaches this, so a NAT shared with a
+    flooder does not lock out its tenants; only unauthenticated requests from that address wait."""
+    rate = settings.MEDKG_UNAUTHENTICATED_PER_SECOND
+    if rate <= 0:
+        return None
+    bucket = Bucket("unauthenticated", capacity=max(1.0, float(settings.MEDKG_UNAUTHENTICATED_BURST)), rate=rate)
+    decision = _bucket_decide(f"medkg:unauthenticated:{address or '-'}", bucket, 1.0, "take")
+    if decision is None or decision[0]:
+        return None
+    return bucket.retry_after(decision[1], 1.0)
+
+
 def quotas_reset() -> None:
-    """Forget in-process buckets (tests)."""
+    """Forget in-process buckets and the Redis address buckets (tests)."""
     _local.clear()
+    if settings.REDIS_URL:
+        import redis
+
+        try:
+            client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+            keys = list(client.scan_iter("medkg:unauthenticated:*"))
+            if keys:
+                client.delete(*keys)
+        except redis.RedisError:
+            pass  # no Redis, no buckets to forget

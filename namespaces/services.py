@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
 from rest_framework_simplejwt.tokens import AccessToken
 
 from core.errors import ConfigError
 from core.logging import log_event
 from namespaces.config import NamespaceSpec, load_namespace_specs
 from namespaces.metrics import CROSS_TENANT_ACCESS_ATTEMPTS
-from namespaces.models import SCOPES, AccessAuditEvent, Namespace, Tenant
+from namespaces.models import SCOPES, AccessAuditEvent, Namespace, Tenant, UnauthenticatedRefusalWindow
 
 logger = logging.getLogger("medkg.access")
 
@@ -171,6 +177,102 @@ def access_refusal_record(
         namespace=namespace,
     )
     return event
+
+
+# Refusals before authentication: anyone can send them, so they are aggregated, not written one by one.
+UNAUTHENTICATED_REASONS = frozenset({"missing_token", "invalid_token", "expired_token"})
+
+
+class _RefusalWindows:
+    """Counts of unauthenticated refusals per (window, source, reason), written to the database at most once a
+    second (and at once for a window's first refusal, so evidence exists as soon as a flood starts)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[datetime, str, str], list[Any]] = {}
+        self._written: set[tuple[datetime, str, str]] = set()
+        self._flushed_at = 0.0
+
+    def add(self, *, reason: str, context: AccessContext, throttled: bool) -> None:
+        now = timezone.now()
+        window = settings.MEDKG_REFUSAL_WINDOW_SECONDS
+        start = datetime.fromtimestamp(int(now.timestamp()) // window * window, tz=UTC)
+        key = (start, (context.client_address or "")[:45], reason)
+        with self._lock:
+            entry = self._pending.setdefault(key, [0, 0, context.endpoint, context.request_id, now])
+            entry[0] += 1
+            entry[1] += int(throttled)
+            entry[4] = now
+            due = key not in self._written or time.monotonic() - self._flushed_at >= 1.0
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._flushed_at = time.monotonic()
+            self._written |= set(pending)
+            if pending:  # forget windows that have closed: the set stays as small as the open windows
+                newest = max(key[0] for key in pending)
+                self._written = {key for key in self._written if key[0] >= newest}
+        for (start, address, reason), (count, throttled, endpoint, request_id, last) in pending.items():
+            _refusal_window_add(start, address, reason, count, throttled, endpoint, request_id, last)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._written.clear()
+
+
+def _refusal_window_add(
+    start: datetime,
+    address: str,
+    reason: str,
+    count: int,
+    throttled: int,
+    endpoint: str,
+    request_id: str,
+    last: datetime,
+) -> None:
+    """Add to the window's row, creating it on first use (a concurrent creator wins; then add to its row)."""
+    window = UnauthenticatedRefusalWindow.objects.filter(window_start=start, client_address=address, reason=reason)
+    change = {"count": F("count") + count, "throttled": F("throttled") + throttled, "last_seen_at": last}
+    if window.update(**change):
+        return
+    try:
+        with transaction.atomic():
+            UnauthenticatedRefusalWindow.objects.create(
+                window_start=start,
+                client_address=address,
+                reason=reason,
+                count=count,
+                throttled=throttled,
+                first_endpoint=_storable(endpoint, 100),
+                first_request_id=_storable(request_id, 64),
+                last_seen_at=last,
+            )
+    except IntegrityError:
+        window.update(**change)
+
+
+_refusal_windows = _RefusalWindows()
+atexit.register(_refusal_windows.flush)
+
+
+def access_refusal_aggregate(*, reason: str, context: AccessContext, throttled: bool = False) -> None:
+    """Count, aggregate and log (sampled by the log pipeline) one refusal before authentication."""
+    CROSS_TENANT_ACCESS_ATTEMPTS.labels(reason=reason, endpoint=context.endpoint).inc()
+    _refusal_windows.add(reason=reason, context=context, throttled=throttled)
+
+
+def access_refusal_windows_flush() -> None:
+    """Write the counts still held in this process (tests, shutdown)."""
+    _refusal_windows.flush()
+
+
+def access_refusal_windows_reset() -> None:
+    """Forget what this process holds (tests)."""
+    _refusal_windows.clear()
 
 
 def access_grant_log(*, context: AccessContext, tenant: str, namespace: str) -> None:

@@ -121,9 +121,11 @@ def _serving_state_fresh() -> None:
     from embeddings.failover import breakers_reset
     from namespaces.quotas import quotas_reset
     from namespaces.selectors import access_cache_clear
+    from namespaces.services import access_refusal_windows_reset
 
     breakers_reset()
     quotas_reset()
+    access_refusal_windows_reset()
     access_cache_clear()  # rows cached by an earlier test were rolled back with its transaction
 
 

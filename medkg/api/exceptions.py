@@ -32,27 +32,40 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
-def _record_refusal(error: AccessRefused, request: Any) -> None:
+def _record_refusal(error: AccessRefused, request: Any) -> int | None:
+    """Count and audit a refusal; for one before authentication, the seconds the address must wait (or None)."""
     from medkg.api.access import access_context_of
-    from namespaces.services import access_refusal_record
+    from namespaces.quotas import address_throttle_unauthenticated
+    from namespaces.services import UNAUTHENTICATED_REASONS, access_refusal_aggregate, access_refusal_record
 
     principal = getattr(request, "_user", None)
+    context = access_context_of(request)
+    if principal is None and error.reason in UNAUTHENTICATED_REASONS:
+        wait = address_throttle_unauthenticated(context.client_address)
+        access_refusal_aggregate(reason=error.reason, context=context, throttled=wait is not None)
+        return wait
     token_tenant = getattr(principal, "tenant_slug", "") if principal is not None else ""
     access_refusal_record(
         reason=error.reason,
         status_code=error.status_code,
-        context=access_context_of(request),
+        context=context,
         token_tenant=token_tenant,
         claimed_tenant=error.claimed_tenant,
         namespace=error.namespace,
         detail=error.detail,
     )
+    return None
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     request = context.get("request")
     if isinstance(exc, AccessRefused) and request is not None:
-        _record_refusal(exc, request)
+        wait = _record_refusal(exc, request)
+        if wait is not None:
+            message = f"Too many unauthenticated requests from this address; retry after {wait} s."
+            response = Response(error_body("rate_limited", message, {"retry_after_seconds": wait}), status=429)
+            response["Retry-After"] = str(wait)
+            return response
     if isinstance(exc, MedkgError):
         response = Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
         if exc.status_code == 401:
