@@ -41,7 +41,8 @@ run: install
 
 serve:
 	MEDKG_PRELOAD_MODELS=1 exec $(VENV)/bin/gunicorn medkg.wsgi:application --bind $(HOST):$(PORT) \
-		--worker-class gthread --workers 1 --threads 16 --timeout 120 --access-logfile -
+		--worker-class gthread --workers 1 --threads 16 --timeout 120 --access-logfile - \
+		--limit-request-line 8190 --limit-request-field_size 32768
 
 services:
 	bash tests/services.sh

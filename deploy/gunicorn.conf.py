@@ -14,6 +14,10 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 # Kubernetes sends SIGTERM and waits terminationGracePeriodSeconds (45 s): finish requests in flight first.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
+# Above medkg's own limits (MEDKG_MAX_URI_BYTES, MEDKG_MAX_HEADER_BYTES), so those are answered as JSON by
+# medkg.http_limits rather than as gunicorn's HTML pages; 8190 is gunicorn's ceiling for the request line.
+limit_request_line = 8190
+limit_request_field_size = 32768
 accesslog = "-"
 errorlog = "-"
 # Heartbeat files on tmpfs: a container's overlay filesystem can stall them and get workers killed.

@@ -237,6 +237,9 @@ MEDKG_DEFAULT_NAMESPACE = env.str("MEDKG_DEFAULT_NAMESPACE", default="single_vec
 MEDKG_MAX_TEXTS_PER_REQUEST = positive_int("MEDKG_MAX_TEXTS_PER_REQUEST", 256)
 MEDKG_MAX_REQUEST_BYTES = positive_int("MEDKG_MAX_REQUEST_BYTES", 4 * 1024 * 1024)
 MEDKG_MAX_TEXT_CHARS = positive_int("MEDKG_MAX_TEXT_CHARS", 100_000)
+# Answered as JSON 414 / 431 by medkg.http_limits (the servers' own limits are set above these).
+MEDKG_MAX_URI_BYTES = positive_int("MEDKG_MAX_URI_BYTES", 4096)
+MEDKG_MAX_HEADER_BYTES = positive_int("MEDKG_MAX_HEADER_BYTES", 8192)
 MEDKG_PRELOAD_MODELS = env.bool("MEDKG_PRELOAD_MODELS", default=False)
 MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", default=30.0)
 # Concurrent requests share forward passes of the in-process model (limits: vllm.yaml's batching section).

@@ -5,7 +5,9 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "medkg.settings")
-application = get_wsgi_application()
+from medkg.http_limits import HttpLimits
+
+application = HttpLimits(get_wsgi_application())
 
 from medkg.startup import preload_default_provider  # noqa: E402 - needs the app registry
 
