@@ -327,6 +327,10 @@ def gunicorn_command(port: int) -> list[str]:
         "120",
         "--access-logfile",
         "-",
+        "--limit-request-line",
+        "8190",
+        "--limit-request-field_size",
+        "32768",
     ]
 
 

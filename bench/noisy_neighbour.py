@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import re
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -33,18 +31,13 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embed_throughput import (
-    REPO_ROOT,
+    TENANT,
     Service,
-    free_port,
-    gunicorn_command,
-    health_wait,
-    manage,
-    server_stop,
-    service_environment,
+    service_running,
 )
 
 NAMESPACE = "single_vector.minilm.384.v1"
-TENANT_B = "tenant-b"
+TENANT_B = TENANT  # embed_throughput creates it and issues the token
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -139,61 +132,41 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=5.0, help="B's requests per second")
     arguments = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="medkg-noisy-") as temporary:
-        var_dir = Path(temporary)
-        environment = service_environment(var_dir)
-        for step in (("migrate", "--noinput"), ("sync_namespaces",), ("create_tenant", TENANT_B)):
-            manage(environment, *step)
-        token = manage(environment, "issue_token", "--tenant", TENANT_B, "--scopes", "embed:read,embed:write")
-        port = free_port()
-        log_path = var_dir / "server.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                gunicorn_command(port),
-                cwd=REPO_ROOT,
-                env=environment,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        service = Service(url=f"http://127.0.0.1:{port}", token=token, process=process, log_path=log_path)
-        try:
-            health_wait(service)
-            tenant_b_load(service, token, 3, arguments.rate)  # warm-up, not counted
-            print(f"noisy neighbour: B at {arguments.rate:g} req/s (embed and search alternating), loopback")
-            idle = tenant_b_load(service, token, arguments.seconds, arguments.rate)
-            report("idle", *idle)
+    # embed_throughput's server: `make serve`'s command line on a free port and a throwaway SQLite database.
+    with service_running() as service:
+        token = service.token
+        tenant_b_load(service, token, 3, arguments.rate)  # warm-up, not counted
+        print(f"noisy neighbour: B at {arguments.rate:g} req/s (embed and search alternating), loopback")
+        idle = tenant_b_load(service, token, arguments.seconds, arguments.rate)
+        report("idle", *idle)
 
-            database = var_dir / "medkg.sqlite3"
-            counted_before, rows_before = refusals_counted(service), audit_rows(database)
-            result: dict[str, object] = {}
-            flood = threading.Thread(
-                target=lambda: result.update(answered=bad_token_flood(service, arguments.clients, arguments.seconds))
-            )
-            flood.start()
-            during = tenant_b_load(service, token, arguments.seconds, arguments.rate)
-            flood.join()
-            time.sleep(1.5)  # the aggregate's last counts are written at most a second after they happen
-            answered: Counter[int] = result["answered"]  # type: ignore[assignment]
-            report("bad-token flood", *during)
-            attempts = sum(answered.values())
-            # One more refusal flushes the counts this process still holds (written at most once a second).
-            httpx.post(f"{service.url}/v1/embed", headers={"Authorization": "Bearer x"}, json={}, timeout=30)
-            time.sleep(0.2)
-            counted = refusals_counted(service) - counted_before - 1
-            events, windows, in_windows = (a - b for a, b in zip(audit_rows(database), rows_before, strict=True))
-            print(
-                f"  A bad-token flood: {arguments.clients} clients x {arguments.seconds:g} s, {attempts} attempts"
-                f" ({attempts / arguments.seconds:.0f}/s), answered {dict(sorted(answered.items()))}"
-            )
-            print(f"    refusal counter grew by {counted:.0f} (attempts {attempts})")
-            print(
-                f"    audit rows: {events} one-by-one, {windows} aggregate rows holding {in_windows - 1}"
-                " counted refusals"
-            )
-            print(f"    B p99 ratio flood / idle: {percentile(during[0], 0.99) / percentile(idle[0], 0.99):.2f}")
-        finally:
-            server_stop(process)
+        database = service.log_path.parent / "medkg.sqlite3"
+        counted_before, rows_before = refusals_counted(service), audit_rows(database)
+        result: dict[str, object] = {}
+        flood = threading.Thread(
+            target=lambda: result.update(answered=bad_token_flood(service, arguments.clients, arguments.seconds))
+        )
+        flood.start()
+        during = tenant_b_load(service, token, arguments.seconds, arguments.rate)
+        flood.join()
+        time.sleep(1.5)  # the aggregate's last counts are written at most a second after they happen
+        answered: Counter[int] = result["answered"]  # type: ignore[assignment]
+        report("bad-token flood", *during)
+        attempts = sum(answered.values())
+        # One more refusal flushes the counts this process still holds (written at most once a second).
+        httpx.post(f"{service.url}/v1/embed", headers={"Authorization": "Bearer x"}, json={}, timeout=30)
+        time.sleep(0.2)
+        counted = refusals_counted(service) - counted_before - 1
+        events, windows, in_windows = (a - b for a, b in zip(audit_rows(database), rows_before, strict=True))
+        print(
+            f"  A bad-token flood: {arguments.clients} clients x {arguments.seconds:g} s, {attempts} attempts"
+            f" ({attempts / arguments.seconds:.0f}/s), answered {dict(sorted(answered.items()))}"
+        )
+        print(f"    refusal counter grew by {counted:.0f} (attempts {attempts})")
+        print(
+            f"    audit rows: {events} one-by-one, {windows} aggregate rows holding {in_windows - 1} counted refusals"
+        )
+        print(f"    B p99 ratio flood / idle: {percentile(during[0], 0.99) / percentile(idle[0], 0.99):.2f}")
 
 
 if __name__ == "__main__":

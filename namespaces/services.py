@@ -183,13 +183,24 @@ def access_refusal_record(
 UNAUTHENTICATED_REASONS = frozenset({"missing_token", "invalid_token", "expired_token"})
 
 
+@dataclass
+class _WindowCounts:
+    """What this process counted for one (window, source, reason) since it last wrote it."""
+
+    count: int = 0
+    throttled: int = 0
+    first_endpoint: str = ""
+    first_request_id: str = ""
+    last_seen_at: datetime = field(default_factory=timezone.now)
+
+
 class _RefusalWindows:
     """Counts of unauthenticated refusals per (window, source, reason), written to the database at most once a
     second (and at once for a window's first refusal, so evidence exists as soon as a flood starts)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[tuple[datetime, str, str], list[Any]] = {}
+        self._pending: dict[tuple[datetime, str, str], _WindowCounts] = {}
         self._written: set[tuple[datetime, str, str]] = set()
         self._flushed_at = 0.0
 
@@ -199,10 +210,12 @@ class _RefusalWindows:
         start = datetime.fromtimestamp(int(now.timestamp()) // window * window, tz=UTC)
         key = (start, (context.client_address or "")[:45], reason)
         with self._lock:
-            entry = self._pending.setdefault(key, [0, 0, context.endpoint, context.request_id, now])
-            entry[0] += 1
-            entry[1] += int(throttled)
-            entry[4] = now
+            counts = self._pending.setdefault(
+                key, _WindowCounts(first_endpoint=context.endpoint, first_request_id=context.request_id)
+            )
+            counts.count += 1
+            counts.throttled += int(throttled)
+            counts.last_seen_at = now
             due = key not in self._written or time.monotonic() - self._flushed_at >= 1.0
         if due:
             self.flush()
@@ -215,8 +228,8 @@ class _RefusalWindows:
             if pending:  # forget windows that have closed: the set stays as small as the open windows
                 newest = max(key[0] for key in pending)
                 self._written = {key for key in self._written if key[0] >= newest}
-        for (start, address, reason), (count, throttled, endpoint, request_id, last) in pending.items():
-            _refusal_window_add(start, address, reason, count, throttled, endpoint, request_id, last)
+        for key, counts in pending.items():
+            _refusal_window_add(key, counts)
 
     def clear(self) -> None:
         with self._lock:
@@ -224,19 +237,15 @@ class _RefusalWindows:
             self._written.clear()
 
 
-def _refusal_window_add(
-    start: datetime,
-    address: str,
-    reason: str,
-    count: int,
-    throttled: int,
-    endpoint: str,
-    request_id: str,
-    last: datetime,
-) -> None:
+def _refusal_window_add(key: tuple[datetime, str, str], counts: _WindowCounts) -> None:
     """Add to the window's row, creating it on first use (a concurrent creator wins; then add to its row)."""
+    start, address, reason = key
     window = UnauthenticatedRefusalWindow.objects.filter(window_start=start, client_address=address, reason=reason)
-    change = {"count": F("count") + count, "throttled": F("throttled") + throttled, "last_seen_at": last}
+    change = {
+        "count": F("count") + counts.count,
+        "throttled": F("throttled") + counts.throttled,
+        "last_seen_at": counts.last_seen_at,
+    }
     if window.update(**change):
         return
     try:
@@ -245,11 +254,11 @@ def _refusal_window_add(
                 window_start=start,
                 client_address=address,
                 reason=reason,
-                count=count,
-                throttled=throttled,
-                first_endpoint=_storable(endpoint, 100),
-                first_request_id=_storable(request_id, 64),
-                last_seen_at=last,
+                count=counts.count,
+                throttled=counts.throttled,
+                first_endpoint=_storable(counts.first_endpoint, 100),
+                first_request_id=_storable(counts.first_request_id, 64),
+                last_seen_at=counts.last_seen_at,
             )
     except IntegrityError:
         window.update(**change)
