@@ -35,6 +35,12 @@ def current_work() -> Work:
     return _current.get()
 
 
+def work_mark(*, tenant: str, work_class: WorkClass) -> None:
+    """Mark the rest of the current block's model work; only inside a `work_for` that restores the mark after
+    (the request middleware opens one per request, so a thread's next request does not inherit it)."""
+    _current.set(Work(tenant=tenant, work_class=work_class))
+
+
 @contextlib.contextmanager
 def work_for(*, tenant: str, work_class: WorkClass) -> Iterator[Work]:
     """Mark the model work done inside the block as `work_class` for `tenant`."""

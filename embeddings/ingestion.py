@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from core.errors import BackendUnavailable, MedkgError
 from core.logging import log_event
+from core.work import WorkClass, work_for
 from embeddings import metrics
 from embeddings.models import (
     UNFINISHED_JOB_STATUSES,
@@ -44,8 +45,8 @@ from namespaces.models import Namespace, NamespaceKind, Tenant
 
 logger = logging.getLogger("medkg.embeddings.ingestion")
 
-_local_executor: ThreadPoolExecutor | None = None
-_local_executor_lock = threading.Lock()
+_local_runner_instance: _LocalRunner | None = None
+_local_runner_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -256,46 +257,93 @@ def ingestion_dispatch(*, job_id: UUID) -> None:
     elif settings.MEDKG_INGESTION_LOCAL_MODE == "inline":
         ingestion_job_run(job_id=job_id)
     else:
-        _executor().submit(_run_in_thread, job_id)
+        _local_runner().add(job_id)
 
 
-def _executor() -> ThreadPoolExecutor:
-    global _local_executor
-    with _local_executor_lock:
-        if _local_executor is None:
-            # One thread: jobs of the embedded mode run in order, like a single worker.
-            _local_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medkg-ingestion")
-        return _local_executor
+class _LocalRunner:
+    """The embedded mode's ingestion thread: one step at a time, tenants in turn (a job waits at most one step of
+    each other tenant with work), a tenant's own jobs in the order they were accepted."""
+
+    def __init__(self) -> None:
+        self._jobs: OrderedDict[str, deque[UUID]] = OrderedDict()  # tenant -> its jobs; order: the rotation
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="medkg-ingestion", daemon=True)
+        self._thread.start()
+
+    def add(self, job_id: UUID) -> None:
+        tenant = IngestionJob.objects.filter(pk=job_id).values_list("tenant__slug", flat=True).first() or ""
+        with self._ready:
+            self._jobs.setdefault(tenant, deque()).append(job_id)
+            self._ready.notify()
+
+    def _next(self) -> tuple[str, UUID]:
+        with self._ready:
+            while not self._jobs:
+                self._ready.wait()
+            tenant, jobs = next(iter(self._jobs.items()))
+            return tenant, jobs[0]
+
+    def _done_with(self, tenant: str, job_id: UUID, finished: bool) -> None:
+        with self._ready:
+            jobs = self._jobs[tenant]
+            if finished:
+                jobs.remove(job_id)
+            if jobs:
+                self._jobs.move_to_end(tenant)  # the next tenant's turn
+            else:
+                del self._jobs[tenant]
+
+    def _run(self) -> None:
+        while True:
+            tenant, job_id = self._next()
+            close_old_connections()
+            status: str = JobStatus.FAILED
+            try:
+                status = ingestion_job_step(job_id=job_id)
+            except Exception:
+                logger.exception("ingestion job %s failed", job_id)
+            finally:
+                close_old_connections()
+            self._done_with(tenant, job_id, finished=status != JobStatus.RUNNING)
 
 
-def _run_in_thread(job_id: UUID) -> None:
-    close_old_connections()
-    try:
-        ingestion_job_run(job_id=job_id)
-    except Exception:
-        logger.exception("ingestion job %s failed", job_id)
-    finally:
-        close_old_connections()
+def _local_runner() -> _LocalRunner:
+    global _local_runner_instance
+    with _local_runner_lock:
+        if _local_runner_instance is None:
+            _local_runner_instance = _LocalRunner()
+        return _local_runner_instance
 
 
 def ingestion_job_run(*, job_id: UUID | str, worker: str = "") -> str:
     """Run (or continue) a job until done, paused or failed. Safe to call twice for the same job."""
+    while True:
+        status = ingestion_job_step(job_id=job_id, worker=worker)
+        if status != JobStatus.RUNNING:
+            return status
+
+
+def ingestion_job_step(*, job_id: UUID | str, worker: str = "") -> str:
+    """One step of a job: its next MEDKG_INGESTION_STEP documents (a delete is one step). The status after it:
+    running while documents remain. Safe to call twice for the same job, and after a crash at any point."""
     job = IngestionJob.objects.select_related("namespace", "tenant").filter(pk=job_id).first()
     if job is None or job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         return job.status if job else "missing"
     if ingestion_is_paused(namespace=job.namespace):
         _job_update(job, status=JobStatus.PAUSED)
         return JobStatus.PAUSED
-    _job_update(
-        job,
-        status=JobStatus.RUNNING,
-        started_at=job.started_at or timezone.now(),
-        attempts=job.attempts + 1,
-        worker=worker,
-    )
-    log_event(logger, "ingestion_job_started", job=str(job.pk), namespace=job.namespace.name, kind=job.kind)
+    if job.status != JobStatus.RUNNING or job.worker != worker:
+        _job_update(
+            job,
+            status=JobStatus.RUNNING,
+            started_at=job.started_at or timezone.now(),
+            attempts=job.attempts + 1,
+            worker=worker,
+        )
+        log_event(logger, "ingestion_job_started", job=str(job.pk), namespace=job.namespace.name, kind=job.kind)
     try:
-        finished = _delete_run(job) if job.kind == JobKind.DELETE else _upsert_run(job)
+        with work_for(tenant=job.tenant.slug, work_class=WorkClass.BULK):
+            finished = _delete_run(job) if job.kind == JobKind.DELETE else _upsert_step(job)
     except BackendUnavailable as error:
         _job_update(job, status=JobStatus.QUEUED, error=error.message)
         raise  # the task retries later; the documents stay accepted
@@ -303,8 +351,7 @@ def ingestion_job_run(*, job_id: UUID | str, worker: str = "") -> str:
         _job_finish(job, JobStatus.FAILED, error=f"{error.code}: {error.message}")
         return JobStatus.FAILED
     if not finished:
-        _job_update(job, status=JobStatus.PAUSED)
-        return JobStatus.PAUSED
+        return JobStatus.RUNNING
     _job_finish(job, JobStatus.SUCCEEDED)
     return JobStatus.SUCCEEDED
 
@@ -335,27 +382,25 @@ def _pending_of(job: IngestionJob) -> Any:
     return Document.objects.filter(job=job, deleted_at__isnull=True).exclude(indexed_version=F("version"))
 
 
-def _upsert_run(job: IngestionJob) -> bool:
-    """Index the job's documents step by step. False when a pause stopped it."""
+def _upsert_step(job: IngestionJob) -> bool:
+    """Index the job's next step of documents. True when none are left."""
     namespace, tenant = job.namespace, job.tenant
+    batch = list(_pending_of(job).order_by("pk")[: settings.MEDKG_INGESTION_STEP])
+    if not batch:
+        return True
     store = index_for(namespace)
-    while True:
-        if ingestion_is_paused(namespace=namespace):
-            return False
-        batch = list(_pending_of(job).order_by("pk")[: settings.MEDKG_INGESTION_STEP])
-        if not batch:
-            return True
-        _encode_missing(namespace, batch)
-        if isinstance(store, SparseStore):
-            written = store.upsert(tenant=tenant.slug, items=[_sparse_item(row) for row in batch])
-        else:
-            written = store.upsert(tenant=tenant.slug, items=[_stored(row) for row in batch])
-        metrics.VECTOR_STORE_UPSERTED.labels(namespace=namespace.name, store=store.config.backend).inc(written)
-        for row in batch:  # only rows whose text did not change while we worked count as indexed
-            Document.objects.filter(pk=row.pk, version=row.version).update(indexed_version=row.version)
-        metrics.INGESTION_DOCUMENTS.labels(namespace=namespace.name, outcome="indexed").inc(written)
-        remaining = _pending_of(job).count()
-        _job_update(job, processed=max(job.total - remaining, 0))
+    _encode_missing(namespace, batch)
+    if isinstance(store, SparseStore):
+        written = store.upsert(tenant=tenant.slug, items=[_sparse_item(row) for row in batch])
+    else:
+        written = store.upsert(tenant=tenant.slug, items=[_stored(row) for row in batch])
+    metrics.VECTOR_STORE_UPSERTED.labels(namespace=namespace.name, store=store.config.backend).inc(written)
+    for row in batch:  # only rows whose text did not change while we worked count as indexed
+        Document.objects.filter(pk=row.pk, version=row.version).update(indexed_version=row.version)
+    metrics.INGESTION_DOCUMENTS.labels(namespace=namespace.name, outcome="indexed").inc(written)
+    remaining = _pending_of(job).count()
+    _job_update(job, processed=max(job.total - remaining, 0))
+    return remaining == 0
 
 
 def _sparse_item(row: Document) -> SparseItem:
@@ -403,8 +448,6 @@ def _weigh_missing(namespace: Namespace, batch: list[Document]) -> None:
 
 def _delete_run(job: IngestionJob) -> bool:
     namespace = job.namespace
-    if ingestion_is_paused(namespace=namespace):
-        return False
     labels = list(Document.objects.filter(job=job, deleted_at__isnull=False).values_list("pk", flat=True))
     store = index_for(namespace)
     removed = store.delete(tenant=job.tenant.slug, labels=labels)

@@ -165,6 +165,23 @@ BATCH_DEADLINE_MISSED = Counter(
     ["model"],
 )
 
+MODEL_PASS_SECONDS = Histogram(
+    "embedding_model_pass_seconds",
+    "Duration of one scheduled forward pass of an in-process model (bounded by MEDKG_SCHEDULER_MAX_PASS_TOKENS).",
+    ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+SCHEDULER_QUEUED_TEXTS = Gauge(
+    "embedding_scheduler_queued_texts",
+    "Texts waiting for a pass of an in-process model, by work class (interactive, bulk).",
+    ["model", "work_class"],
+)
+SCHEDULER_TOKENS = Counter(
+    "embedding_scheduler_tokens_total",
+    "Estimated tokens served by an in-process model's passes, by work class and tenant ('-': unattributed).",
+    ["model", "work_class", "tenant"],
+)
+
 
 # --- automatic failover ---
 FAILOVER = Counter(

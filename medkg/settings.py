@@ -128,6 +128,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "medkg.middleware.RequestIdMiddleware",
+    "medkg.middleware.WorkMarkMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # the admin's static files, collected into the image
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -244,6 +245,13 @@ MEDKG_PRELOAD_MODELS = env.bool("MEDKG_PRELOAD_MODELS", default=False)
 MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", default=30.0)
 # Concurrent requests share forward passes of the in-process model (limits: vllm.yaml's batching section).
 MEDKG_DYNAMIC_BATCHING = env.bool("MEDKG_DYNAMIC_BATCHING", default=True)
+# The model scheduler (embeddings/providers/batching.py): no pass holds the model for more than this many
+# estimated tokens (MiniLM on 2 cores: about 0.3 ms each), and bulk work keeps this share of each pass while
+# interactive work also waits.
+MEDKG_SCHEDULER_MAX_PASS_TOKENS = positive_int("MEDKG_SCHEDULER_MAX_PASS_TOKENS", 2048)
+MEDKG_SCHEDULER_BULK_SHARE = env.float("MEDKG_SCHEDULER_BULK_SHARE", default=0.25)
+if not 0 <= MEDKG_SCHEDULER_BULK_SHARE < 1:
+    raise ImproperlyConfigured("MEDKG_SCHEDULER_BULK_SHARE must be at least 0 and below 1")
 # In-process models run their batches as passes sorted by token count (embeddings/providers/sorted_encode.py).
 MEDKG_TOKEN_SORTED_PASSES = env.bool("MEDKG_TOKEN_SORTED_PASSES", default=True)
 # Per-tenant quotas (a tenant's own, set in the admin, wins; 0 is unlimited): on by default when deployed.

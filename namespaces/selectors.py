@@ -92,3 +92,9 @@ def namespace_get_for_tenant(*, name: str, tenant: Tenant, scope: str) -> Namesp
     if scope not in namespace.allowed_scopes:
         raise AccessRefused("insufficient_scope", namespace=name, detail=f"namespace does not allow {scope}")
     return namespace
+
+
+def tenant_scheduling_weight(slug: str) -> float:
+    """The tenant's share of a model when tenants compete (admin: scheduling weight); 1 when unknown."""
+    tenant = tenant_get_active(slug=slug)
+    return float(tenant.scheduling_weight) if tenant is not None else 1.0

@@ -8,6 +8,7 @@ the same cores, while one pass at a time keeps throughput at the raw model's. Wi
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -141,9 +142,12 @@ class SentenceTransformersProvider(EmbeddingProvider):
     def _limits(self) -> BatchingLimits:
         """vllm.yaml's batching section; a namespace's parameters may override either knob."""
         defaults = default_limits()
-        return BatchingLimits(
+        return dataclasses.replace(
+            defaults,
             max_batch_size=int(self.config.parameter("max_batch_size", defaults.max_batch_size)),
             max_wait_time_ms=float(self.config.parameter("max_wait_time_ms", defaults.max_wait_time_ms)),
+            max_pass_tokens=int(self.config.parameter("max_pass_tokens", defaults.max_pass_tokens)),
+            max_text_tokens=self.config.max_tokens,
         )
 
     def always_normalizes(self) -> bool:

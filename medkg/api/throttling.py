@@ -1,4 +1,5 @@
-"""The per-tenant quota as a DRF throttle: it runs on every authenticated API view, after the scope check."""
+"""The per-tenant quota as a DRF throttle: it runs on every authenticated API view, after the scope check; it also
+names the tenant whose interactive work the request's model passes are (core/work.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
+from core.work import WorkClass, work_mark
 from medkg.api.authentication import TenantPrincipal
 from namespaces.quotas import quota_check_request
 
@@ -16,4 +18,5 @@ class TenantQuotaThrottle(BaseThrottle):
         principal = request.user
         if isinstance(principal, TenantPrincipal):
             quota_check_request(tenant=principal.tenant)  # raises QuotaExceeded: 429 with Retry-After
+            work_mark(tenant=principal.tenant_slug, work_class=WorkClass.INTERACTIVE)
         return True
