@@ -32,8 +32,8 @@ def quota_store(request: pytest.FixtureRequest, settings) -> Iterator[str]:
     quotas_reset()
 
 
-def decisions(kind: str, outcome: str) -> float:
-    return counter_value("medkg_quota_decisions_total", kind=kind, outcome=outcome)
+def decisions(kind: str, outcome: str, operation: str = "other") -> float:
+    return counter_value("medkg_quota_decisions_total", kind=kind, operation=operation, outcome=outcome)
 
 
 @pytest.mark.django_db
@@ -70,7 +70,7 @@ def test_tokens_per_minute_are_charged_and_then_refused(
     Tenant.objects.filter(pk=tenant_a.pk).update(quota_tokens_per_minute=30)
     texts = ["aspirin inhibits platelet aggregation in patients with coronary artery disease"] * 3  # 17 tokens each
     body = {"namespace": DEFAULT_NAMESPACE, "texts": texts}
-    allowed = decisions("tokens", "allowed")
+    allowed = decisions("tokens", "allowed", "embed")
 
     first = api.post("/v1/embed", body, token=token_a_write)
     assert first.status_code == 200 and first.json()["usage"]["total_tokens"] == 51  # let in, overdraws by 21
@@ -80,7 +80,7 @@ def test_tokens_per_minute_are_charged_and_then_refused(
     assert error["error"]["details"]["kind"] == "tokens" and error["error"]["details"]["limit"] == 30.0
     # 21 tokens below zero at 0.5 token/s: 42 s until the bucket holds anything again.
     assert 41 <= int(refused["Retry-After"]) <= 43
-    assert decisions("tokens", "allowed") == allowed + 1
+    assert decisions("tokens", "allowed", "embed") == allowed + 1
     assert api.post("/v1/embed", body, token=token_b_write).status_code == 200
 
 
