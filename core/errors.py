@@ -68,6 +68,22 @@ class QuotaExceeded(MedkgError):
         self.retry_after = retry_after
 
 
+class StorageLimitExceeded(MedkgError):
+    """Accepting the documents would take the tenant past its limit of stored documents or bytes.
+
+    413, not 429: waiting does not help; deleting documents or a higher limit does. No part of the request is stored.
+    """
+
+    status_code = 413
+    code = "storage_limit_exceeded"
+
+
+class DocumentLimitExceeded(StorageLimitExceeded):
+    """The limit passed is the number of live documents (`storage_limit_exceeded` is the bytes limit)."""
+
+    code = "document_limit_exceeded"
+
+
 class TokenizerUnavailable(MedkgError):
     status_code = 503
     code = "tokenizer_unavailable"

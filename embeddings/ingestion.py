@@ -20,6 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import numpy as np
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F, Q
@@ -38,10 +39,17 @@ from embeddings.models import (
     JobStatus,
 )
 from embeddings.providers.registry import sparse_provider_for
-from embeddings.services import INDEXED_KINDS, embeddings_compute, namespace_check_usable, sparse_compute
+from embeddings.services import (
+    INDEXED_KINDS,
+    embeddings_compute,
+    namespace_check_usable,
+    sparse_compute,
+    texts_token_counts,
+)
 from embeddings.stores.base import SparseItem, SparseStore, StoredVector
 from embeddings.stores.registry import index_for
 from namespaces.models import Namespace, NamespaceKind, Tenant
+from namespaces.quotas import quota_charge_tokens, tenant_usage_change, tenant_usage_lock
 
 logger = logging.getLogger("medkg.embeddings.ingestion")
 
@@ -58,6 +66,11 @@ class IncomingDocument:
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def document_stored_bytes(text: str, metadata: dict[str, Any]) -> int:
+    """What a document counts against its tenant's limit of stored bytes: its UTF-8 text and compact metadata JSON."""
+    return len(text.encode("utf-8")) + len(orjson.dumps(metadata))
 
 
 def vector_to_bytes(vector: np.ndarray) -> bytes:
@@ -140,16 +153,24 @@ def ingestion_status() -> dict[str, Any]:
 
 
 def documents_accept(*, namespace: Namespace, tenant: Tenant, documents: Sequence[IncomingDocument]) -> IngestionJob:
-    """Store the documents and queue a job that embeds and indexes them. Re-sending an id replaces it."""
+    """Store the documents and queue a job that embeds and indexes them. Re-sending an id replaces it.
+
+    Refused whole (DocumentLimitExceeded, StorageLimitExceeded: 413) when the tenant's stored documents or bytes
+    would pass its limits; an update counts only its difference. The tokens of the texts the job will embed are
+    charged to the tenant's token quota now, counted as /v1/embed counts them.
+    """
     namespace_check_usable(namespace=namespace, kinds=INDEXED_KINDS)
     index_for(namespace)  # an unusable store configuration is refused now, not in the worker
     latest = {document.id: document for document in documents}  # the same id twice: the last one wins
     for attempt in range(2):
         try:
-            return _documents_accept_once(namespace, tenant, list(latest.values()))
+            job, to_embed = _documents_accept_once(namespace, tenant, list(latest.values()))
         except IntegrityError:
             if attempt:  # a concurrent request inserted the same new id; the second pass sees its row
                 raise
+            continue
+        quota_charge_tokens(tenant=tenant, tokens=sum(texts_token_counts(namespace=namespace, texts=to_embed)))
+        return job
     raise AssertionError("unreachable")
 
 
@@ -166,7 +187,11 @@ def _job_create(namespace: Namespace, tenant: Tenant, kind: str, total: int) -> 
 
 
 @transaction.atomic
-def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list[IncomingDocument]) -> IngestionJob:
+def _documents_accept_once(
+    namespace: Namespace, tenant: Tenant, documents: list[IncomingDocument]
+) -> tuple[IngestionJob, list[str]]:
+    """The job, and the texts it will embed (new or changed)."""
+    usage = tenant_usage_lock(tenant=tenant)  # before the document rows: one tenant's accepts and deletes queue here
     job = _job_create(namespace, tenant, JobKind.UPSERT, len(documents))
     paused = job.status == JobStatus.PAUSED
     existing = {
@@ -176,11 +201,16 @@ def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list
         )
     }
     created, changed = [], []
-    unchanged = 0
+    unchanged = added_documents = added_bytes = 0
+    to_embed: list[str] = []
     for incoming in documents:
         digest = text_hash(incoming.text)
         row = existing.get(incoming.id)
+        if row is None or row.deleted_at is not None:  # a new document, or one deleted and sent again
+            added_documents += 1
+            added_bytes += document_stored_bytes(incoming.text, incoming.metadata)
         if row is None:
+            to_embed.append(incoming.text)
             created.append(
                 Document(
                     namespace=namespace,
@@ -197,14 +227,20 @@ def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list
         if same_text and row.metadata == incoming.metadata and row.is_indexed:
             unchanged += 1
             continue
+        if row.deleted_at is None:  # an update counts only its difference
+            added_bytes += document_stored_bytes(incoming.text, incoming.metadata)
+            added_bytes -= document_stored_bytes(row.text, row.metadata)
         row.job = job
         if not same_text:
+            to_embed.append(incoming.text)
             row.text, row.text_hash, row.vector, row.terms = incoming.text, digest, None, None
             row.deleted_at = None
         if not same_text or row.metadata != incoming.metadata:
             row.version += 1  # written to the store again (stores that index metadata need it); the vector is kept
         row.metadata = incoming.metadata
         changed.append(row)
+    # Refused here, the transaction rolls back: nothing of the request (not even its job) is stored.
+    tenant_usage_change(usage=usage, tenant=tenant, documents=added_documents, stored_bytes=added_bytes)
     Document.objects.bulk_create(created, batch_size=500)
     Document.objects.bulk_update(
         changed, ["text", "text_hash", "vector", "terms", "version", "deleted_at", "metadata", "job"], batch_size=500
@@ -226,17 +262,20 @@ def _documents_accept_once(namespace: Namespace, tenant: Tenant, documents: list
     )
     if job.status == JobStatus.QUEUED:
         transaction.on_commit(lambda: ingestion_dispatch(job_id=job.pk))
-    return job
+    return job, to_embed
 
 
 @transaction.atomic
 def documents_delete(*, namespace: Namespace, tenant: Tenant, external_ids: Sequence[str]) -> IngestionJob:
     """Hide the documents at once (search skips them) and queue the job that removes them from the store."""
     ids = sorted(set(external_ids))
+    usage = tenant_usage_lock(tenant=tenant)  # before the document rows, as documents_accept takes it
     job = _job_create(namespace, tenant, JobKind.DELETE, len(ids))
-    found = Document.objects.filter(namespace=namespace, tenant=tenant, external_id__in=ids).update(
-        deleted_at=timezone.now(), job=job
-    )
+    rows = Document.objects.filter(namespace=namespace, tenant=tenant, external_id__in=ids)
+    live = rows.filter(deleted_at__isnull=True).values_list("text", "metadata")
+    freed = [document_stored_bytes(text, metadata) for text, metadata in live]
+    found = rows.update(deleted_at=timezone.now(), job=job)
+    tenant_usage_change(usage=usage, tenant=tenant, documents=-len(freed), stored_bytes=-sum(freed))  # frees at once
     job.processed = len(ids) - found  # ids that were never there are done already
     job.save(update_fields=["processed"])
     log_event(logger, "documents_delete_accepted", namespace=namespace.name, tenant=tenant.slug, job=str(job.pk))

@@ -83,6 +83,23 @@ def texts_check_budget(*, namespace: Namespace, texts: Sequence[str]) -> list[To
     return [TokenCheck(i, count, count > budget, budget) for i, count in enumerate(counts)]
 
 
+def texts_token_counts(*, namespace: Namespace, texts: Sequence[str]) -> list[int]:
+    """Tokens per text that embedding `texts` processes and charges, counted as embeddings_compute counts them,
+    without embedding (ingestion charges them when it accepts, search its query)."""
+    if not texts:
+        return []  # the tokenizer fails on an empty batch
+    try:
+        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts)
+    except TokenizerUnavailable:
+        checks = None
+    return _charged_counts(namespace, checks, len(texts))
+
+
+def _charged_counts(namespace: Namespace, checks: list[TokenCheck] | None, size: int) -> list[int]:
+    """Per text: its tokens cut to the budget (what is embedded); 0 without a local tokenizer."""
+    return [min(check.token_count, namespace.max_tokens) for check in checks] if checks else [0] * size
+
+
 def embeddings_compute(
     *, namespace: Namespace, texts: Sequence[str], normalize: bool | None = None, truncate: bool = False
 ) -> EmbeddingBatch:
@@ -101,7 +118,7 @@ def embeddings_compute(
         time.perf_counter() - started
     )
     _check_vectors(namespace, vectors, len(texts))
-    counts = [min(check.token_count, namespace.max_tokens) for check in checks] if checks else [0] * len(texts)
+    counts = _charged_counts(namespace, checks, len(texts))
     metrics.EMBEDDINGS_PRODUCED.labels(namespace=namespace.name).inc(len(texts))
     metrics.TOKENS_PROCESSED.labels(namespace=namespace.name).inc(sum(counts))
     return EmbeddingBatch(
@@ -167,7 +184,7 @@ def sparse_compute(*, namespace: Namespace, texts: Sequence[str], query: bool, t
     if len(terms) != len(texts):
         metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code="backend_error").inc()
         raise BackendError(f"Provider returned {len(terms)} term vectors for {len(texts)} texts.")
-    counts = [min(check.token_count, namespace.max_tokens) for check in checks] if checks else [0] * len(texts)
+    counts = _charged_counts(namespace, checks, len(texts))
     metrics.EMBEDDINGS_PRODUCED.labels(namespace=namespace.name).inc(len(texts))
     metrics.TOKENS_PROCESSED.labels(namespace=namespace.name).inc(sum(counts))
     return SparseBatch(namespace=namespace, terms=terms, token_counts=counts, truncated=over)

@@ -264,6 +264,12 @@ MEDKG_UNAUTHENTICATED_BURST = positive_int("MEDKG_UNAUTHENTICATED_BURST", 20)
 MEDKG_REFUSAL_WINDOW_SECONDS = positive_int("MEDKG_REFUSAL_WINDOW_SECONDS", 60)
 if MEDKG_QUOTA_REQUESTS_PER_SECOND < 0 or MEDKG_QUOTA_TOKENS_PER_MINUTE < 0:
     raise ImproperlyConfigured("MEDKG_QUOTA_REQUESTS_PER_SECOND and MEDKG_QUOTA_TOKENS_PER_MINUTE must be >= 0")
+# What one tenant may store, all namespaces together (a tenant's own, set in the admin, wins; 0 is unlimited):
+# live documents, and bytes of their UTF-8 text plus metadata JSON. Past either, a POST is refused whole (413).
+MEDKG_MAX_DOCUMENTS_PER_TENANT = env.int("MEDKG_MAX_DOCUMENTS_PER_TENANT", default=5_000_000)
+MEDKG_MAX_STORED_BYTES_PER_TENANT = env.int("MEDKG_MAX_STORED_BYTES_PER_TENANT", default=20 * 1024**3)
+if MEDKG_MAX_DOCUMENTS_PER_TENANT < 0 or MEDKG_MAX_STORED_BYTES_PER_TENANT < 0:
+    raise ImproperlyConfigured("MEDKG_MAX_DOCUMENTS_PER_TENANT and MEDKG_MAX_STORED_BYTES_PER_TENANT must be >= 0")
 # Automatic failover to a namespace's `fallback`: a circuit breaker per namespace and process.
 MEDKG_BREAKER_FAILURE_THRESHOLD = positive_int("MEDKG_BREAKER_FAILURE_THRESHOLD", 3)
 MEDKG_BREAKER_RESET_SECONDS = env.float("MEDKG_BREAKER_RESET_SECONDS", default=5.0)

@@ -14,9 +14,29 @@ from namespaces.models import AccessAuditEvent, Namespace, Tenant, Unauthenticat
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "is_active", "quota_requests_per_second", "quota_tokens_per_minute", "created_at"]
+    list_display = [
+        "slug",
+        "name",
+        "is_active",
+        "quota_requests_per_second",
+        "quota_tokens_per_minute",
+        "max_documents",
+        "max_stored_bytes",
+        "stored",
+        "scheduling_weight",
+        "created_at",
+    ]
     list_filter = ["is_active"]
+    list_select_related = ["usage"]
     search_fields = ["slug", "name"]
+    readonly_fields = ["stored"]
+
+    @admin.display(description="stored now")
+    def stored(self, tenant: Tenant) -> str:
+        usage = getattr(tenant, "usage", None)  # no row until the tenant first stores a document
+        if usage is None:
+            return "0 documents, 0 bytes"
+        return f"{usage.documents} documents, {usage.stored_bytes} bytes"
 
 
 @admin.register(Namespace)

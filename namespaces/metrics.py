@@ -10,6 +10,9 @@ CROSS_TENANT_ACCESS_ATTEMPTS = Counter(
 
 QUOTA_DECISIONS = Counter(
     "medkg_quota_decisions_total",
-    "Per-tenant quota decisions by kind (requests, tokens) and outcome (allowed, limited, unenforced: Redis failed).",
-    ["kind", "outcome"],
+    "Per-tenant quota and limit decisions by kind (requests, tokens; documents, bytes: what a tenant stores), "
+    "operation (embed, ingest, search, other) and outcome (allowed, limited, unenforced: Redis failed).",
+    ["kind", "operation", "outcome"],
 )
+# The operations a decision is counted for (views name theirs; the rest are "other").
+QUOTA_OPERATIONS = ("embed", "ingest", "search", "other")

@@ -16,6 +16,11 @@ TENANT_SLUG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
 SCOPES = ("embed:read", "embed:write", "embed:admin")
 
 
+def validate_positive(value: float) -> None:
+    if not value > 0:
+        raise ValidationError("must be greater than 0")
+
+
 class Tenant(models.Model):
     slug = models.CharField(
         max_length=63,
@@ -37,13 +42,54 @@ class Tenant(models.Model):
         blank=True,
         help_text="Embedded tokens per minute. Empty: the default (MEDKG_QUOTA_TOKENS_PER_MINUTE); 0: unlimited.",
     )
+    max_documents = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Live documents stored, all namespaces together. Empty: the default "
+        "(MEDKG_MAX_DOCUMENTS_PER_TENANT); 0: unlimited.",
+    )
+    max_stored_bytes = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Bytes stored (UTF-8 text + metadata JSON of live documents). Empty: the default "
+        "(MEDKG_MAX_STORED_BYTES_PER_TENANT); 0: unlimited.",
+    )
+    scheduling_weight = models.FloatField(
+        default=1.0,
+        validators=[validate_positive],
+        help_text="Share of the model when tenants compete: a tenant of weight 2 gets twice the tokens of weight 1",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["slug"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(scheduling_weight__gt=0), name="tenant_scheduling_weight_positive"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.slug
+
+
+class TenantUsage(models.Model):
+    """What a tenant stores now: its live documents and their bytes (UTF-8 text + metadata JSON).
+
+    Kept by ingestion in the transaction that accepts or deletes documents, so a limit check reads (and locks)
+    this one row instead of summing every document: the check costs the same at ten documents and ten million.
+    """
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, primary_key=True, related_name="usage")
+    documents = models.BigIntegerField(default=0)
+    stored_bytes = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "tenant usage"
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}: {self.documents} documents, {self.stored_bytes} bytes"
 
 
 class NamespaceKind(models.TextChoices):

@@ -1,4 +1,4 @@
-"""Per-tenant quotas: API requests per second and embedded tokens per minute.
+"""Per-tenant quotas: API requests per second and embedded tokens per minute; limits on what a tenant stores.
 
 Token buckets, in Redis when REDIS_URL is set (one Lua script per decision: atomic across every web process)
 and in this process otherwise. A request takes one request token before its view runs and is refused while the
@@ -8,6 +8,10 @@ request may take the bucket below zero and the next ones wait until it refills.
 Limits: the tenant's own (`Tenant.quota_*`, set in the admin), else the settings' defaults; 0 is unlimited.
 When Redis fails, requests are let through (counted as `unenforced`): quotas protect capacity, they must
 not take the API down with the cache.
+
+Stored documents and bytes are limits, not rates: they are kept on the tenant's `TenantUsage` row, which
+ingestion locks and changes in the transaction that accepts or deletes documents, so concurrent requests of one
+tenant cannot together pass a limit, and a check reads one row whatever the tenant stores.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from typing import Any
 
 from django.conf import settings
 
-from core.errors import QuotaExceeded
+from core.errors import DocumentLimitExceeded, QuotaExceeded, StorageLimitExceeded
 from core.logging import log_event
 from namespaces.metrics import QUOTA_DECISIONS
-from namespaces.models import Tenant
+from namespaces.models import Tenant, TenantUsage
 
 logger = logging.getLogger("medkg.namespaces")
 
@@ -143,8 +147,8 @@ def _bucket_decide(key: str, bucket: Bucket, cost: float, mode: str) -> tuple[bo
     return bool(allowed), float(level)
 
 
-def _refuse(tenant: Tenant, bucket: Bucket, limit: float, retry_after: int) -> QuotaExceeded:
-    QUOTA_DECISIONS.labels(kind=bucket.kind, outcome="limited").inc()
+def _refuse(tenant: Tenant, bucket: Bucket, limit: float, retry_after: int, operation: str) -> QuotaExceeded:
+    QUOTA_DECISIONS.labels(kind=bucket.kind, operation=operation, outcome="limited").inc()
     unit = "requests per second" if bucket.kind == "requests" else "tokens per minute"
     log_event(logger, "quota_exceeded", tenant=tenant.slug, kind=bucket.kind, retry_after=retry_after)
     return QuotaExceeded(
@@ -157,28 +161,89 @@ def _refuse(tenant: Tenant, bucket: Bucket, limit: float, retry_after: int) -> Q
 # --- services ------------------------------------------------------------------------------
 
 
-def quota_check_request(*, tenant: Tenant) -> None:
-    """Take one request from the tenant's quota; QuotaExceeded (429) when it or the token quota is spent."""
+def quota_check_request(*, tenant: Tenant, operation: str = "other") -> None:
+    """Take one request from the tenant's quota; QuotaExceeded (429) when it or the token quota is spent.
+
+    `operation` (embed, ingest, search, other) only labels the decisions counted.
+    """
     requests, tokens = tenant_buckets(tenant)
     if requests is not None:
-        _admit(tenant, requests, amount=1.0, operation="take", limit=requests.rate)
+        _admit(tenant, requests, amount=1.0, mode="take", limit=requests.rate, operation=operation)
     if tokens is not None:  # only checked here: the tokens are charged once the request has been embedded
-        _admit(tenant, tokens, amount=0.0, operation="check", limit=tokens.capacity)
+        _admit(tenant, tokens, amount=0.0, mode="check", limit=tokens.capacity, operation=operation)
 
 
-def _admit(tenant: Tenant, bucket: Bucket, *, amount: float, operation: str, limit: float) -> None:
+def _admit(tenant: Tenant, bucket: Bucket, *, amount: float, mode: str, limit: float, operation: str) -> None:
     """One bucket's decision, counted; QuotaExceeded when it refuses."""
-    decision = _decide(tenant, bucket, amount, operation)
+    decision = _decide(tenant, bucket, amount, mode)
     if decision is not None and not decision[0]:
-        raise _refuse(tenant, bucket, limit, bucket.retry_after(decision[1], amount))
-    QUOTA_DECISIONS.labels(kind=bucket.kind, outcome="unenforced" if decision is None else "allowed").inc()
+        raise _refuse(tenant, bucket, limit, bucket.retry_after(decision[1], amount), operation)
+    outcome = "unenforced" if decision is None else "allowed"
+    QUOTA_DECISIONS.labels(kind=bucket.kind, operation=operation, outcome=outcome).inc()
 
 
 def quota_charge_tokens(*, tenant: Tenant, tokens: int) -> None:
-    """Charge the tokens a request embedded (it was let in; the next ones wait if this overdraws)."""
+    """Charge the tokens a request embedded or will embed (embed and search once computed, ingestion when it
+    accepts): it was let in; the next ones wait if this overdraws."""
     _, bucket = tenant_buckets(tenant)
     if bucket is not None and tokens > 0:
         _decide(tenant, bucket, float(tokens), "charge")
+
+
+# --- what a tenant stores ------------------------------------------------------------------
+
+
+def tenant_storage_limits(tenant: Tenant) -> tuple[int, int]:
+    """The tenant's limits of live documents and stored bytes: its own, else the settings'; 0 is unlimited."""
+    documents = tenant.max_documents
+    if documents is None:
+        documents = settings.MEDKG_MAX_DOCUMENTS_PER_TENANT
+    stored_bytes = tenant.max_stored_bytes
+    if stored_bytes is None:
+        stored_bytes = settings.MEDKG_MAX_STORED_BYTES_PER_TENANT
+    return documents, stored_bytes
+
+
+def tenant_usage_lock(*, tenant: Tenant) -> TenantUsage:
+    """The tenant's usage row, locked until the caller's transaction ends: one tenant's accepts and deletes queue
+    here (take it before any document row, always in this order, so two of them cannot deadlock)."""
+    usage, _ = TenantUsage.objects.select_for_update().get_or_create(tenant=tenant)
+    return usage
+
+
+def tenant_usage_change(*, usage: TenantUsage, tenant: Tenant, documents: int, stored_bytes: int) -> None:
+    """Apply a change (negative frees) to the locked usage row. A change that adds documents or bytes past a
+    limit is refused: DocumentLimitExceeded or StorageLimitExceeded (413), and the caller's transaction rolls back.
+    A change that shrinks usage is always let through, even while the tenant is above a limit lowered since."""
+    document_limit, byte_limit = tenant_storage_limits(tenant)
+    _storage_admit(tenant, "documents", usage.documents, documents, document_limit)
+    _storage_admit(tenant, "bytes", usage.stored_bytes, stored_bytes, byte_limit)
+    if documents or stored_bytes:
+        usage.documents += documents
+        usage.stored_bytes += stored_bytes
+        usage.save(update_fields=["documents", "stored_bytes", "updated_at"])
+
+
+def _storage_admit(tenant: Tenant, kind: str, current: int, added: int, limit: int) -> None:
+    if limit <= 0 or added <= 0:
+        return  # unlimited, or nothing added: no decision to count
+    if current + added <= limit:
+        QUOTA_DECISIONS.labels(kind=kind, operation="ingest", outcome="allowed").inc()
+        return
+    QUOTA_DECISIONS.labels(kind=kind, operation="ingest", outcome="limited").inc()
+    log_event(logger, "storage_limit_exceeded", tenant=tenant.slug, kind=kind, usage=current, added=added, limit=limit)
+    details = {"kind": kind, "limit": limit, "usage": current, "requested": added}
+    if kind == "documents":
+        raise DocumentLimitExceeded(
+            f"Tenant {tenant.slug} stores {current} documents; {added} more would pass its limit of {limit}. "
+            "Delete documents or ask for a higher limit.",
+            details=details,
+        )
+    raise StorageLimitExceeded(
+        f"Tenant {tenant.slug} stores {current} bytes; {added} more would pass its limit of {limit} bytes. "
+        "Delete documents or ask for a higher limit.",
+        details=details,
+    )
 
 
 def address_throttle_unauthenticated(address: str | None) -> int | None:

@@ -17,6 +17,8 @@ class TenantQuotaThrottle(BaseThrottle):
     def allow_request(self, request: Request, view: Any) -> bool:
         principal = request.user
         if isinstance(principal, TenantPrincipal):
-            quota_check_request(tenant=principal.tenant)  # raises QuotaExceeded: 429 with Retry-After
+            # raises QuotaExceeded: 429 with Retry-After; a view names its operation for the decisions' counter
+            operation = getattr(view, "quota_operation", "other")
+            quota_check_request(tenant=principal.tenant, operation=operation)
             work_mark(tenant=principal.tenant_slug, work_class=WorkClass.INTERACTIVE)
         return True

@@ -32,8 +32,8 @@ def quota_store(request: pytest.FixtureRequest, settings) -> Iterator[str]:
     quotas_reset()
 
 
-def decisions(kind: str, outcome: str) -> float:
-    return counter_value("medkg_quota_decisions_total", kind=kind, outcome=outcome)
+def decisions(kind: str, outcome: str, operation: str = "other") -> float:
+    return counter_value("medkg_quota_decisions_total", kind=kind, operation=operation, outcome=outcome)
 
 
 @pytest.mark.django_db
@@ -70,7 +70,7 @@ def test_tokens_per_minute_are_charged_and_then_refused(
     Tenant.objects.filter(pk=tenant_a.pk).update(quota_tokens_per_minute=30)
     texts = ["aspirin inhibits platelet aggregation in patients with coronary artery disease"] * 3  # 17 tokens each
     body = {"namespace": DEFAULT_NAMESPACE, "texts": texts}
-    allowed = decisions("tokens", "allowed")
+    allowed = decisions("tokens", "allowed", "embed")
 
     first = api.post("/v1/embed", body, token=token_a_write)
     assert first.status_code == 200 and first.json()["usage"]["total_tokens"] == 51  # let in, overdraws by 21
@@ -80,7 +80,7 @@ def test_tokens_per_minute_are_charged_and_then_refused(
     assert error["error"]["details"]["kind"] == "tokens" and error["error"]["details"]["limit"] == 30.0
     # 21 tokens below zero at 0.5 token/s: 42 s until the bucket holds anything again.
     assert 41 <= int(refused["Retry-After"]) <= 43
-    assert decisions("tokens", "allowed") == allowed + 1
+    assert decisions("tokens", "allowed", "embed") == allowed + 1
     assert api.post("/v1/embed", body, token=token_b_write).status_code == 200
 
 
@@ -102,3 +102,124 @@ def test_redis_down_lets_requests_through_and_counts_them(api, tenant_a: Tenant,
     unenforced = decisions("requests", "unenforced")
     assert all(api.get("/v1/namespaces", token=token_a_read).status_code == 200 for _ in range(3))
     assert decisions("requests", "unenforced") == unenforced + 3
+
+
+# --- ingestion and search charge the tokens they embed ---
+
+DOCUMENTS = f"/v1/namespaces/{DEFAULT_NAMESPACE}/documents"
+SEARCH = f"/v1/namespaces/{DEFAULT_NAMESPACE}/search"
+SPLADE = "sparse.splade_tiny.30522.v1"
+LONG_TEXT = "aspirin inhibits platelet aggregation in patients with coronary artery disease"  # 17 tokens
+
+
+def embedded_tokens(api, token: str, texts: list[str], namespace: str = DEFAULT_NAMESPACE) -> int:
+    """What /v1/embed charges for these texts: the count ingestion and search must charge too."""
+    answer = api.post("/v1/embed", {"namespace": namespace, "texts": texts}, token=token)
+    assert answer.status_code == 200, answer.content[:300]
+    return int(answer.json()["usage"]["total_tokens"])
+
+
+@pytest.fixture
+def charges(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The tokens charged to tenants' quotas, in order (the real charge still happens)."""
+    from namespaces import quotas
+
+    charged: list[int] = []
+    real = quotas.quota_charge_tokens
+
+    def spy(*, tenant: Tenant, tokens: int) -> None:
+        charged.append(tokens)
+        real(tenant=tenant, tokens=tokens)
+
+    monkeypatch.setattr("embeddings.ingestion.quota_charge_tokens", spy)
+    monkeypatch.setattr("medkg.api.v1.search.quota_charge_tokens", spy)
+    return charged
+
+
+@pytest.mark.django_db
+def test_ingestion_over_the_token_quota_gets_429_with_retry_after_and_stores_nothing(
+    api, synced, quota_store, tenant_a: Tenant, token_a_write, token_b_write
+):
+    from embeddings.models import Document, IngestionJob
+
+    Tenant.objects.filter(pk=tenant_a.pk).update(quota_tokens_per_minute=30)
+    first = [{"id": f"doc-{i}", "text": LONG_TEXT} for i in range(3)]  # 51 tokens: let in, overdraws by 21
+    assert api.post(DOCUMENTS, {"tenant_id": "tenant-a", "documents": first}, token=token_a_write).status_code == 202
+    limited = decisions("tokens", "limited", "ingest")
+
+    refused = api.post(
+        DOCUMENTS, {"tenant_id": "tenant-a", "documents": [{"id": "late", "text": "insulin"}]}, token=token_a_write
+    )
+
+    error = assert_error(refused, 429, "quota_exceeded")
+    assert error["error"]["details"]["kind"] == "tokens"
+    assert 41 <= int(refused["Retry-After"]) <= 43  # 21 tokens below zero at 0.5 token/s
+    assert decisions("tokens", "limited", "ingest") == limited + 1
+    assert not Document.objects.filter(external_id="late").exists()
+    assert IngestionJob.objects.filter(tenant=tenant_a).count() == 1
+    other = api.post(DOCUMENTS, {"tenant_id": "tenant-b", "documents": first}, token=token_b_write)
+    assert other.status_code == 202  # tenant B's bucket is its own
+
+
+@pytest.mark.django_db
+def test_search_over_the_token_quota_gets_429_with_retry_after(
+    api, synced, quota_store, tenant_a: Tenant, token_a_write, token_b_write
+):
+    Tenant.objects.filter(pk=tenant_a.pk).update(quota_tokens_per_minute=10)
+    query = {"tenant_id": "tenant-a", "query": LONG_TEXT}
+    assert api.post(SEARCH, query, token=token_a_write).status_code == 200  # 17 tokens: overdraws by 7
+    limited = decisions("tokens", "limited", "search")
+
+    refused = api.post(SEARCH, query, token=token_a_write)
+    hybrid = api.post("/v1/search", {**query, "namespaces": [{"namespace": DEFAULT_NAMESPACE}]}, token=token_a_write)
+
+    for answer in (refused, hybrid):
+        assert assert_error(answer, 429, "quota_exceeded")["error"]["details"]["kind"] == "tokens"
+        assert 40 <= int(answer["Retry-After"]) <= 43  # 7 tokens below zero at 1/6 token/s
+    assert decisions("tokens", "limited", "search") == limited + 2
+    assert api.post(SEARCH, {**query, "tenant_id": "tenant-b"}, token=token_b_write).status_code == 200
+
+
+@pytest.mark.django_db
+def test_ingestion_charges_what_embed_charges_for_the_texts_it_will_embed(
+    api, synced, quota_store, tenant_a: Tenant, token_a_write, charges, django_capture_on_commit_callbacks
+):
+    texts = [LONG_TEXT, "Insulin lowers blood glucose.", "Statins reduce LDL cholesterol. " * 40]  # the last: cut
+    documents = [{"id": f"doc-{i}", "text": text, "metadata": {"i": i}} for i, text in enumerate(texts)]
+
+    def post(batch: list[dict]) -> None:
+        with django_capture_on_commit_callbacks(execute=True):  # the job runs: the documents get indexed
+            answer = api.post(DOCUMENTS, {"tenant_id": "tenant-a", "documents": batch}, token=token_a_write)
+        assert answer.status_code == 202, answer.content[:300]
+
+    post(documents)
+    post(documents)  # the same again: nothing to embed
+    post([{**documents[0], "metadata": {"i": 9}}])  # metadata only: the vector is kept
+    post([{**documents[1], "text": "Insulin raises glycogen synthesis."}])  # a new text: embedded again
+
+    truncated = api.post(
+        "/v1/embed",
+        {"namespace": DEFAULT_NAMESPACE, "texts": texts, "options": {"truncate": True}},
+        token=token_a_write,
+    )
+    assert charges == [
+        truncated.json()["usage"]["total_tokens"],
+        0,
+        0,
+        embedded_tokens(api, token_a_write, ["Insulin raises glycogen synthesis."]),
+    ]
+    assert charges[0] > 256  # the third text alone is cut to the namespace's budget of 256
+
+
+@pytest.mark.django_db
+def test_search_charges_the_query_once_per_namespace_it_searches(
+    api, synced, quota_store, tenant_a: Tenant, token_a_write, charges
+):
+    query = {"tenant_id": "tenant-a", "query": LONG_TEXT}
+    assert api.post(SEARCH, query, token=token_a_write).status_code == 200
+    namespaces = [{"namespace": DEFAULT_NAMESPACE}, {"namespace": SPLADE}]
+    assert api.post("/v1/search", {**query, "namespaces": namespaces}, token=token_a_write).status_code == 200
+
+    dense = embedded_tokens(api, token_a_write, [LONG_TEXT])
+    sparse = embedded_tokens(api, token_a_write, [LONG_TEXT], namespace=SPLADE)
+    assert charges == [dense, dense + sparse]

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,8 +16,31 @@ from embeddings.ingestion import IncomingDocument, documents_accept, documents_d
 from embeddings.metrics import request_observed
 from embeddings.models import IngestionJob
 from medkg.api.access import namespace_granted
+from medkg.api.exceptions import error_body
 from medkg.api.fields import NoUnknownFieldsSerializer, StrictCharField, check_document_count, reject_nul
 from medkg.api.permissions import payload_of, principal_of
+from medkg.api.schema import ErrorSerializer
+
+STORAGE_LIMIT_EXCEEDED = OpenApiResponse(
+    response=ErrorSerializer,
+    description=(
+        "document_limit_exceeded or storage_limit_exceeded: accepting the documents would take the tenant past its "
+        "limit of live documents or of stored bytes (UTF-8 text + metadata JSON), all namespaces together. Nothing "
+        "of the request is stored; an update counts only its difference, and deletes free usage at once. "
+        "details: kind (documents, bytes), limit, usage (stored now) and requested (what the request adds)."
+    ),
+    examples=[
+        OpenApiExample(
+            "storage_limit_exceeded",
+            value=error_body(
+                "storage_limit_exceeded",
+                "Tenant acme stores 21474836000 bytes; 52000 more would pass its limit of 21474836480 bytes. "
+                "Delete documents or ask for a higher limit.",
+                {"kind": "bytes", "limit": 21474836480, "usage": 21474836000, "requested": 52000},
+            ),
+        )
+    ],
+)
 
 
 def nesting_depth(value: Any, limit: int) -> int:
@@ -126,10 +149,11 @@ def _accepted(job: IngestionJob, accepted: int) -> Response:
 
 class DocumentsView(APIView):
     required_scope = "embed:write"
+    quota_operation = "ingest"
 
     @extend_schema(
         request=DocumentsUpsertInputSerializer,
-        responses={202: JobAcceptedOutputSerializer},
+        responses={202: JobAcceptedOutputSerializer, 413: STORAGE_LIMIT_EXCEEDED},
         operation_id="documents_upsert",
     )
     def post(self, request: Request, namespace: str) -> Response:

@@ -148,6 +148,7 @@ def _served(request: Request, batch: EmbeddingBatch | SparseBatch, body: dict[st
 
 class EmbedView(APIView):
     required_scope = "embed:write"
+    quota_operation = "embed"
 
     @extend_schema(
         request=EmbedInputSerializer,
@@ -246,6 +247,7 @@ class OpenAIEmbeddingsView(APIView):
     """OpenAI-compatible: `model` is a namespace name, the tenant comes from the bearer token."""
 
     required_scope = "embed:write"
+    quota_operation = "embed"
 
     @extend_schema(
         request=OpenAIEmbeddingsInputSerializer,

@@ -13,9 +13,12 @@ from rest_framework.views import APIView
 
 from embeddings.metrics import request_observed
 from embeddings.selectors import HybridPart, documents_search, hybrid_search
+from embeddings.services import texts_token_counts
 from medkg.api.access import namespace_granted
 from medkg.api.fields import NoUnknownFieldsSerializer, StrictCharField, StrictIntegerField, reject_nul
 from medkg.api.permissions import payload_of, principal_of
+from namespaces.models import Namespace, Tenant
+from namespaces.quotas import quota_charge_tokens
 
 METADATA_SCALARS = (str, int, float, bool)
 
@@ -59,6 +62,12 @@ class SearchInputSerializer(NoUnknownFieldsSerializer):
         return value
 
 
+def _charge_query(tenant: Tenant, query: str, namespaces: list[Namespace]) -> None:
+    """Charge the tenant's token quota for the query, embedded once per namespace searched (as /v1/embed counts)."""
+    tokens = sum(sum(texts_token_counts(namespace=namespace, texts=[query])) for namespace in namespaces)
+    quota_charge_tokens(tenant=tenant, tokens=tokens)
+
+
 class SearchHitOutputSerializer(serializers.Serializer):
     id = serializers.CharField()
     score = serializers.FloatField()
@@ -74,6 +83,7 @@ class SearchOutputSerializer(serializers.Serializer):
 
 class SearchView(APIView):
     required_scope = "embed:read"
+    quota_operation = "search"
 
     @extend_schema(request=SearchInputSerializer, responses={200: SearchOutputSerializer}, operation_id="search")
     def post(self, request: Request, namespace: str) -> Response:
@@ -87,6 +97,7 @@ class SearchView(APIView):
                 k=data["k"],
                 filters=data["filters"],
             )
+        _charge_query(principal_of(request).tenant, data["query"], [granted])
         body = {"namespace": granted.name, "model": granted.model_id, "model_version": granted.model_version}
         return Response(SearchOutputSerializer({**body, "hits": hits}).data)
 
@@ -159,6 +170,7 @@ class HybridSearchView(APIView):
     """Search several namespaces of the caller's tenant at once and fuse the rankings (RRF or min-max)."""
 
     required_scope = "embed:read"
+    quota_operation = "search"
 
     @extend_schema(
         request=HybridSearchInputSerializer, responses={200: HybridSearchOutputSerializer}, operation_id="hybrid_search"
@@ -182,6 +194,7 @@ class HybridSearchView(APIView):
                 rrf_k=data["rrf_k"],
                 filters=data["filters"],
             )
+        _charge_query(principal_of(request).tenant, data["query"], [part.namespace for part in parts])
         body = {
             "fusion": data["fusion"],
             "namespaces": parts,
