@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,6 +160,7 @@ class Service:
     token: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    tokens: dict[str, str] = field(default_factory=dict)  # tenant -> token, the bench's tenant included
 
     def client(self) -> httpx.Client:
         return self.target().client()
@@ -373,15 +374,20 @@ def server_stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def service_running(*, batching: bool = True) -> Iterator[Service]:
+def service_running(*, batching: bool = True, tenants: Sequence[str] = ()) -> Iterator[Service]:
+    """The server on a throwaway database with the bench's tenant and `tenants`, each with a token (`tokens`)."""
     with tempfile.TemporaryDirectory(prefix="medkg-bench-") as temporary:
         var_dir = Path(temporary)
         environment = service_environment(var_dir, batching=batching)
-        for step in (("migrate", "--noinput"), ("sync_namespaces",), ("create_tenant", TENANT)):
+        for step in (("migrate", "--noinput"), ("sync_namespaces",)):
             manage(environment, *step)
-        token = manage(
-            environment, "issue_token", "--tenant", TENANT, "--scopes", "embed:read,embed:write", "--ttl", "1h"
-        )
+        tokens: dict[str, str] = {}
+        for tenant in (TENANT, *tenants):
+            manage(environment, "create_tenant", tenant)
+            tokens[tenant] = manage(
+                environment, "issue_token", "--tenant", tenant, "--scopes", "embed:read,embed:write", "--ttl", "2h"
+            )
+        token = tokens[TENANT]
         port = free_port()
         log_path = var_dir / "server.log"
         with log_path.open("wb") as log:
@@ -394,7 +400,9 @@ def service_running(*, batching: bool = True) -> Iterator[Service]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        service = Service(url=f"http://127.0.0.1:{port}", token=token, process=process, log_path=log_path)
+        service = Service(
+            url=f"http://127.0.0.1:{port}", token=token, process=process, log_path=log_path, tokens=tokens
+        )
         try:
             health_wait(service)
             yield service

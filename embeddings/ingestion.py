@@ -22,7 +22,7 @@ from uuid import UUID
 import numpy as np
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -317,6 +317,8 @@ class _LocalRunner:
 
     def _next(self) -> tuple[str, UUID]:
         with self._ready:
+            if not self._jobs:
+                connection.close()  # an idle runner holds no database connection
             while not self._jobs:
                 self._ready.wait()
             tenant, jobs = next(iter(self._jobs.items()))

@@ -76,10 +76,15 @@ def namespace_check_usable(*, namespace: Namespace, kinds: Sequence[str] = (Name
 INDEXED_KINDS = (NamespaceKind.SINGLE_VECTOR, NamespaceKind.SPARSE)  # kinds with a store behind them
 
 
-def texts_check_budget(*, namespace: Namespace, texts: Sequence[str]) -> list[TokenCheck]:
-    """Token count of each text against the namespace's budget. Raises TokenizerUnavailable."""
-    counts = token_counts(tokenizer=namespace.tokenizer or namespace.model_path, texts=texts)
+def texts_check_budget(*, namespace: Namespace, texts: Sequence[str], exact: bool = True) -> list[TokenCheck]:
+    """Token count of each text against the namespace's budget. Raises TokenizerUnavailable.
+
+    Not `exact`: a count over the budget may be a lower bound (enough where over-budget texts are truncated).
+    """
     budget = namespace.max_tokens
+    counts = token_counts(
+        tokenizer=namespace.tokenizer or namespace.model_path, texts=texts, at_most=None if exact else budget
+    )
     return [TokenCheck(i, count, count > budget, budget) for i, count in enumerate(counts)]
 
 
@@ -89,7 +94,7 @@ def texts_token_counts(*, namespace: Namespace, texts: Sequence[str]) -> list[in
     if not texts:
         return []  # the tokenizer fails on an empty batch
     try:
-        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts)
+        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts, exact=False)
     except TokenizerUnavailable:
         checks = None
     return _charged_counts(namespace, checks, len(texts))
@@ -135,7 +140,8 @@ def _budget_checked(
 ) -> tuple[list[TokenCheck] | None, list[int]]:
     """Token checks (None without a local tokenizer) and the over-budget indices; refuses them unless `truncate`."""
     try:
-        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts)
+        # Truncated texts need only "over the budget?", not their whole count (the refusal names the counts).
+        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts, exact=not truncate)
     except TokenizerUnavailable:
         checks = None  # remote providers and Lucene's analyzer without a local tokenizer enforce the budget themselves
     over = [check.text_index for check in checks or [] if check.exceeds_budget]

@@ -2,8 +2,9 @@
 
 Every request for a model is queued by its work class (interactive before bulk: core/work.py marks each request)
 and its tenant. One worker thread per model forms passes of bounded size, at most `max_batch_size` texts and
-`max_pass_tokens` estimated tokens, so no request holds the model longer than one bounded pass: a large request
-is cut into several passes that interleave with everyone else's work. Within a class, tenants share passes by
+`max_pass_tokens` estimated tokens (half that while several tenants or classes wait), so no request holds the
+model longer than one bounded pass: a large request is cut into several passes that interleave with everyone
+else's work. Within a class, tenants share passes by
 deficit round-robin on tokens (each turn adds `quantum x the tenant's weight` to its deficit): a tenant's share
 depends on its weight, not on how much it sends, and a tenant alone gets every pass. When both classes wait,
 bulk keeps `bulk_share` of each pass so that ingestion progresses under interactive load; what one class leaves
@@ -52,7 +53,7 @@ _CLASS_ORDER = (WorkClass.INTERACTIVE, WorkClass.BULK)
 class BatchingLimits:
     max_batch_size: int  # texts in one pass
     max_wait_time_ms: float
-    max_pass_tokens: int = 2048  # estimated tokens in one pass (a single text longer than that runs alone)
+    max_pass_tokens: int = 1024  # estimated tokens in one pass (a single text longer than that runs alone)
     max_text_tokens: int = 512  # what one text can cost: the model truncates there
     bulk_share: float = 0.25  # of each pass kept for bulk work while interactive work also waits
 
@@ -184,6 +185,10 @@ class DynamicBatcher:
                 self._ready.wait(timeout=max(0.0, wait_until - time.monotonic()))
             formed = _Pass()
             full = self.limits.max_pass_tokens
+            if sum(len(tenants) for tenants in self._queues.values()) > 1:
+                # Several waiting: half passes, so that a newcomer's wait (the pass in flight) plus its own pass
+                # stay within one maximal pass. A tenant alone gets whole ones.
+                full = max(1, full // 2)
             order = [(WorkClass.INTERACTIVE, full), (WorkClass.BULK, full)]
             if self._queued[WorkClass.INTERACTIVE] and self._queued[WorkClass.BULK]:
                 # Both wait: interactive first up to its part, bulk its share, then either takes what is left.
