@@ -14,5 +14,3 @@ QUOTA_DECISIONS = Counter(
     "operation (embed, ingest, search, other) and outcome (allowed, limited, unenforced: Redis failed).",
     ["kind", "operation", "outcome"],
 )
-# The operations a decision is counted for (views name theirs; the rest are "other").
-QUOTA_OPERATIONS = ("embed", "ingest", "search", "other")

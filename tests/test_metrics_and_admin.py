@@ -130,3 +130,28 @@ def test_unknown_url_is_json_404(api):
     response = api.get("/v1/nothing-here")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.django_db
+def test_tenant_limits_usage_and_scheduling_weight_in_admin(staff_client, tenant_a):
+    from django.core.exceptions import ValidationError
+
+    from namespaces.models import TenantUsage
+
+    TenantUsage.objects.create(tenant=tenant_a, documents=12, stored_bytes=3456)
+    listing = staff_client.get("/admin/namespaces/tenant/")
+    assert listing.status_code == 200
+    assert b"12 documents, 3456 bytes" in listing.content
+    page = staff_client.get(f"/admin/namespaces/tenant/{tenant_a.pk}/change/").content.decode()
+    for field in ("max_documents", "max_stored_bytes", "scheduling_weight"):
+        assert f'name="{field}"' in page
+    assert "a tenant of weight 2 gets twice the tokens of weight 1" in page
+    form = {"slug": tenant_a.slug, "name": "", "is_active": "on", "scheduling_weight": "2.5", "max_documents": "10"}
+    assert staff_client.post(f"/admin/namespaces/tenant/{tenant_a.pk}/change/", form).status_code == 302
+    tenant_a.refresh_from_db()
+    assert (tenant_a.scheduling_weight, tenant_a.max_documents, tenant_a.max_stored_bytes) == (2.5, 10, None)
+    refused = staff_client.post(f"/admin/namespaces/tenant/{tenant_a.pk}/change/", {**form, "scheduling_weight": "0"})
+    assert refused.status_code == 200 and b"must be greater than 0" in refused.content
+    tenant_a.scheduling_weight = -1
+    with pytest.raises(ValidationError):
+        tenant_a.full_clean()

@@ -182,8 +182,9 @@ def test_search_over_the_token_quota_gets_429_with_retry_after(
 
 @pytest.mark.django_db
 def test_ingestion_charges_what_embed_charges_for_the_texts_it_will_embed(
-    api, synced, quota_store, tenant_a: Tenant, token_a_write, charges, django_capture_on_commit_callbacks
+    api, synced, quota_store, tenant_a: Tenant, token_a_write, charges, django_capture_on_commit_callbacks, settings
 ):
+    settings.MEDKG_INGESTION_LOCAL_MODE = "inline"  # the job runs in the request's thread when it commits
     texts = [LONG_TEXT, "Insulin lowers blood glucose.", "Statins reduce LDL cholesterol. " * 40]  # the last: cut
     documents = [{"id": f"doc-{i}", "text": text, "metadata": {"i": i}} for i, text in enumerate(texts)]
 

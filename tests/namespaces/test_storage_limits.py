@@ -227,3 +227,32 @@ def test_concurrent_posts_cannot_together_pass_the_document_limit(synced, tenant
     assert sorted(statuses) == [202, 202, 202, 413, 413, 413]
     assert usage(tenant_a) == stored(tenant_a)
     assert stored(tenant_a)[0] == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_counts_what_tenants_stored_before_it():
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [
+        ("namespaces", "0004_unauthenticated_refusal_windows"),
+        ("embeddings", "0002_sparse_terms_and_hybrid_runs"),
+    ]
+    after = [("namespaces", "0005_tenant_storage_limits_usage_scheduling_weight")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        old = executor.loader.project_state(before).apps
+        tenant = old.get_model("namespaces", "Tenant").objects.create(slug="old-tenant")
+        namespace = old.get_model("namespaces", "Namespace").objects.create(
+            name=DEFAULT_NAMESPACE, kind="single_vector", provider="sentence_transformers", dim=384, max_tokens=256
+        )
+        rows = old.get_model("embeddings", "Document").objects
+        for document in DOCS:
+            rows.create(namespace=namespace, tenant=tenant, external_id=document["id"], text=document["text"],
+                        text_hash="-", metadata=document["metadata"])  # fmt: skip
+        rows.filter(external_id="malaria").update(deleted_at="2026-01-01T00:00:00Z")  # deleted: not counted
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+    finally:
+        MigrationExecutor(connection).migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+    assert usage(Tenant.objects.get(slug="old-tenant")) == (3, sum(size(document) for document in DOCS[:3]))
