@@ -246,8 +246,8 @@ MEDKG_PROVIDER_TIMEOUT_SECONDS = env.float("MEDKG_PROVIDER_TIMEOUT_SECONDS", def
 # Concurrent requests share forward passes of the in-process model (limits: vllm.yaml's batching section).
 MEDKG_DYNAMIC_BATCHING = env.bool("MEDKG_DYNAMIC_BATCHING", default=True)
 # The model scheduler (embeddings/providers/batching.py): no pass holds the model for more than this many
-# estimated tokens (MiniLM on 2 cores: 1,024 tokens of long texts take about 0.7 s), and bulk work keeps this share of each pass while
-# interactive work also waits.
+# estimated tokens (MiniLM on 2 cores: 1,024 tokens of long texts take about 0.7 s), and bulk work keeps this
+# share of each pass while interactive work also waits.
 MEDKG_SCHEDULER_MAX_PASS_TOKENS = positive_int("MEDKG_SCHEDULER_MAX_PASS_TOKENS", 1024)
 MEDKG_SCHEDULER_BULK_SHARE = env.float("MEDKG_SCHEDULER_BULK_SHARE", default=0.25)
 if not 0 <= MEDKG_SCHEDULER_BULK_SHARE < 1:
