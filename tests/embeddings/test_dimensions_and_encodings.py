@@ -238,3 +238,20 @@ def test_embed_bogus_encoding_format_is_a_400(
 ) -> None:
     response = embed(api, token_a_write, DEFAULT_NAMESPACE, TEXTS, encoding_format=encoding_format)
     assert_error(response, 400, "invalid_request")
+
+
+@pytest.mark.django_db
+def test_the_schema_states_the_formats_sizes_and_input_types(api: Any) -> None:
+    components = api.get("/v1/schema?format=json").json()["components"]["schemas"]
+    formats = ["float", "base64", "int8", "uint8", "binary"]
+    for request, properties in (
+        ("OpenAIEmbeddingsInputRequest", components["OpenAIEmbeddingsInputRequest"]["properties"]),
+        ("EmbedOptionsRequest", components["EmbedOptionsRequest"]["properties"]),
+    ):
+        encoding = components[properties["encoding_format"]["allOf"][0]["$ref"].rsplit("/", 1)[1]]
+        assert encoding["enum"] == formats, request
+        assert "round(clip(x, -1, 1) * 127)" in properties["encoding_format"]["description"], request
+        assert properties["dimensions"]["minimum"] == 1 and "matryoshka_dims" in properties["dimensions"]["description"]
+        assert "input_type" in properties, request
+    vector = components["EmbeddingOutput"]["properties"]["vector"]
+    assert [choice.get("type") for choice in vector["anyOf"]] == ["array", "array", "string"]
