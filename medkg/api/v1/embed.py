@@ -18,6 +18,7 @@ from embeddings.services import INPUT_TYPES, EmbeddingBatch, SparseBatch, sparse
 from medkg.api.access import namespace_granted
 from medkg.api.exceptions import error_body
 from medkg.api.fields import (
+    EncodedVectorField,
     NoUnknownFieldsSerializer,
     StrictBooleanField,
     StrictCharField,
@@ -89,22 +90,6 @@ INPUT_TYPE_HELP = (
     "prepended to each text (and counted in its tokens). Sparse namespaces: which side's expansion limits "
     "apply (documents keep more terms)."
 )
-
-
-@extend_schema_field(
-    {
-        "anyOf": [
-            {"type": "array", "items": {"type": "number"}},
-            {"type": "array", "items": {"type": "integer"}},
-            {"type": "string", "format": "byte"},
-        ]
-    }
-)
-class EncodedVectorField(serializers.Field):
-    """A vector as `encoding_format` wrote it; numpy rows go to the orjson renderer as they are (the hot path)."""
-
-    def to_representation(self, value: Any) -> Any:
-        return value
 
 
 def encoding_format_field(**kwargs: Any) -> serializers.ChoiceField:
