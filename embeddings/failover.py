@@ -23,7 +23,13 @@ from django.conf import settings
 from core.errors import BackendUnavailable, MedkgError
 from core.logging import log_event
 from embeddings import metrics
-from embeddings.services import EmbeddingBatch, embeddings_compute
+from embeddings.services import (
+    EmbeddingBatch,
+    InputType,
+    batch_shortened,
+    embeddings_compute,
+    namespace_check_dimensions,
+)
 from namespaces.models import Namespace
 
 logger = logging.getLogger("medkg.embeddings")
@@ -101,24 +107,42 @@ def breakers_reset() -> None:
         _breakers.clear()
 
 
+@dataclass(frozen=True)
+class _Request:
+    texts: Sequence[str]
+    normalize: bool | None
+    truncate: bool
+    input_type: InputType
+    dimensions: int | None
+
+
 def embeddings_compute_failover(
-    *, namespace: Namespace, texts: Sequence[str], normalize: bool | None = None, truncate: bool = False
+    *,
+    namespace: Namespace,
+    texts: Sequence[str],
+    normalize: bool | None = None,
+    truncate: bool = False,
+    input_type: InputType = "document",
+    dimensions: int | None = None,
 ) -> EmbeddingBatch:
     """embeddings_compute on `namespace`, or on its fallback while its provider is unavailable.
 
-    The batch's namespace is the one that served: the response names it (X-Medkg-Served-By).
+    The batch's namespace is the one that served: the response names it (X-Medkg-Served-By). `dimensions` is
+    checked against the requested namespace's sizes; a fallback (same dimension) embeds with its own prompts.
     """
+    namespace_check_dimensions(namespace=namespace, dimensions=dimensions)
+    request = _Request(texts, normalize, truncate, input_type, dimensions)
     if not namespace.fallback:
-        return embeddings_compute(namespace=namespace, texts=texts, normalize=normalize, truncate=truncate)
+        return _compute(namespace, request)
     breaker = breaker_for(namespace.name)
     if not breaker.allow_primary():
         fallback = _fallback_of(namespace)
         if _usable(namespace, fallback):
             assert fallback is not None
-            return _fallback_compute(namespace, fallback, texts=texts, normalize=normalize, truncate=truncate)
+            return _fallback_compute(namespace, fallback, request)
         # Without a usable fallback the primary's own answer is all there is: keep asking it.
     try:
-        batch = embeddings_compute(namespace=namespace, texts=texts, normalize=normalize, truncate=truncate)
+        batch = _compute(namespace, request)
     except BackendUnavailable as error:
         breaker.record_failure(error)
         fallback = _fallback_of(namespace)
@@ -126,12 +150,24 @@ def embeddings_compute_failover(
             metrics.FAILOVER.labels(namespace=namespace.name, outcome="refused").inc()
             raise _fallback_refusal(namespace, fallback, error) from error
         assert fallback is not None
-        return _fallback_compute(namespace, fallback, texts=texts, normalize=normalize, truncate=truncate)
+        return _fallback_compute(namespace, fallback, request)
     except BaseException:
         breaker.release_probe()
         raise
     breaker.record_success()
     return batch
+
+
+def _compute(namespace: Namespace, request: _Request) -> EmbeddingBatch:
+    """The full vectors in `namespace`, cut to the requested size (allowed by the requested namespace)."""
+    batch = embeddings_compute(
+        namespace=namespace,
+        texts=request.texts,
+        normalize=request.normalize,
+        truncate=request.truncate,
+        input_type=request.input_type,
+    )
+    return batch_shortened(batch, request.dimensions)
 
 
 def _fallback_of(namespace: Namespace) -> Namespace | None:
@@ -155,11 +191,9 @@ def _fallback_refusal(namespace: Namespace, fallback: Namespace | None, error: B
     )
 
 
-def _fallback_compute(
-    namespace: Namespace, fallback: Namespace, *, texts: Sequence[str], normalize: bool | None, truncate: bool
-) -> EmbeddingBatch:
+def _fallback_compute(namespace: Namespace, fallback: Namespace, request: _Request) -> EmbeddingBatch:
     try:
-        batch = embeddings_compute(namespace=fallback, texts=texts, normalize=normalize, truncate=truncate)
+        batch = _compute(fallback, request)
     except BackendUnavailable:
         metrics.FAILOVER.labels(namespace=namespace.name, outcome="fallback_failed").inc()
         raise

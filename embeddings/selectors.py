@@ -143,7 +143,9 @@ def _query_arguments(namespace: Namespace, store: VectorStore | SparseStore, que
     """The query as the store takes it: a unit vector, term weights, or the text for stores that analyse it."""
     if not isinstance(store, SparseStore):
         return {
-            "query": embeddings_compute(namespace=namespace, texts=[query], normalize=True, truncate=True).vectors[0]
+            "query": embeddings_compute(
+                namespace=namespace, texts=[query], normalize=True, truncate=True, input_type="query"
+            ).vectors[0]
         }
     if store.indexes_text:
         return {"query_terms": {}, "query_text": query}

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 
 from core.errors import (
     BackendError,
     DimensionMismatch,
+    InvalidRequest,
     MedkgError,
     NamespaceDisabled,
     TokenBudgetExceeded,
@@ -76,11 +78,28 @@ def namespace_check_usable(*, namespace: Namespace, kinds: Sequence[str] = (Name
 INDEXED_KINDS = (NamespaceKind.SINGLE_VECTOR, NamespaceKind.SPARSE)  # kinds with a store behind them
 
 
-def texts_check_budget(*, namespace: Namespace, texts: Sequence[str], exact: bool = True) -> list[TokenCheck]:
-    """Token count of each text against the namespace's budget. Raises TokenizerUnavailable.
+InputType = Literal["document", "query"]
+INPUT_TYPES: tuple[InputType, ...] = ("document", "query")
+
+
+def texts_prompted(*, namespace: Namespace, texts: Sequence[str], input_type: InputType) -> list[str]:
+    """The texts as the model sees them: each after the namespace's query or document prompt (if any)."""
+    prompt = namespace.prompt_for(input_type)
+    return [prompt + text for text in texts] if prompt else list(texts)
+
+
+def texts_check_budget(
+    *, namespace: Namespace, texts: Sequence[str], input_type: InputType = "document", exact: bool = True
+) -> list[TokenCheck]:
+    """Token count of each text, its prompt included, against the namespace's budget. Raises TokenizerUnavailable.
 
     Not `exact`: a count over the budget may be a lower bound (enough where over-budget texts are truncated).
     """
+    prompted = texts_prompted(namespace=namespace, texts=texts, input_type=input_type)
+    return _token_checks(namespace, prompted, exact=exact)
+
+
+def _token_checks(namespace: Namespace, texts: Sequence[str], *, exact: bool = True) -> list[TokenCheck]:
     budget = namespace.max_tokens
     counts = token_counts(
         tokenizer=namespace.tokenizer or namespace.model_path, texts=texts, at_most=None if exact else budget
@@ -88,13 +107,15 @@ def texts_check_budget(*, namespace: Namespace, texts: Sequence[str], exact: boo
     return [TokenCheck(i, count, count > budget, budget) for i, count in enumerate(counts)]
 
 
-def texts_token_counts(*, namespace: Namespace, texts: Sequence[str]) -> list[int]:
+def texts_token_counts(*, namespace: Namespace, texts: Sequence[str], input_type: InputType = "document") -> list[int]:
     """Tokens per text that embedding `texts` processes and charges, counted as embeddings_compute counts them,
     without embedding (ingestion charges them when it accepts, search its query)."""
     if not texts:
         return []  # the tokenizer fails on an empty batch
     try:
-        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts, exact=False)
+        checks: list[TokenCheck] | None = texts_check_budget(
+            namespace=namespace, texts=texts, input_type=input_type, exact=False
+        )
     except TokenizerUnavailable:
         checks = None
     return _charged_counts(namespace, checks, len(texts))
@@ -105,11 +126,50 @@ def _charged_counts(namespace: Namespace, checks: list[TokenCheck] | None, size:
     return [min(check.token_count, namespace.max_tokens) for check in checks] if checks else [0] * size
 
 
+def namespace_check_dimensions(*, namespace: Namespace, dimensions: int | None) -> None:
+    """Refuse (400) a `dimensions` that is neither the namespace's dimension nor one of its Matryoshka sizes."""
+    if dimensions is None or dimensions in namespace.allowed_dimensions:
+        return
+    allowed = namespace.allowed_dimensions
+    raise InvalidRequest(
+        f"Namespace {namespace.name} produces {namespace.dim} dimensions"
+        + (f" and answers with {', '.join(map(str, allowed))}" if len(allowed) > 1 else "")
+        + f", not {dimensions}.",
+        details={"dimensions": namespace.dim, "allowed_dimensions": allowed},
+    )
+
+
+def vectors_shortened(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """Matryoshka: the first `dimensions` values of each vector, renormalized to unit length (float32)."""
+    prefix = vectors[:, :dimensions].astype(np.float64)
+    norms = np.linalg.norm(prefix, axis=1, keepdims=True)
+    return (prefix / np.where(norms == 0, 1.0, norms)).astype(np.float32)
+
+
+def batch_shortened(batch: EmbeddingBatch, dimensions: int | None) -> EmbeddingBatch:
+    """The batch with its vectors cut to `dimensions` (unit vectors); unchanged for None or the full size."""
+    if dimensions is None or dimensions == batch.vectors.shape[1]:
+        return batch
+    return replace(batch, vectors=vectors_shortened(batch.vectors, dimensions), normalized=True)
+
+
 def embeddings_compute(
-    *, namespace: Namespace, texts: Sequence[str], normalize: bool | None = None, truncate: bool = False
+    *,
+    namespace: Namespace,
+    texts: Sequence[str],
+    normalize: bool | None = None,
+    truncate: bool = False,
+    input_type: InputType = "document",
+    dimensions: int | None = None,
 ) -> EmbeddingBatch:
-    """Embed `texts` in `namespace`. Over-budget texts are refused (422) unless `truncate`."""
+    """Embed `texts` in `namespace`. Over-budget texts are refused (422) unless `truncate`.
+
+    Each text is embedded after the namespace's prompt for `input_type` (counted in the budget). `dimensions`,
+    one of the namespace's allowed sizes (400 otherwise), cuts the vectors to their renormalized prefix.
+    """
     namespace_check_usable(namespace=namespace)
+    namespace_check_dimensions(namespace=namespace, dimensions=dimensions)
+    texts = texts_prompted(namespace=namespace, texts=texts, input_type=input_type)
     checks, over = _budget_checked(namespace, texts, truncate)
     provider = embedding_provider_for(namespace)
     normalize = namespace.normalize if normalize is None else normalize
@@ -126,13 +186,14 @@ def embeddings_compute(
     counts = _charged_counts(namespace, checks, len(texts))
     metrics.EMBEDDINGS_PRODUCED.labels(namespace=namespace.name).inc(len(texts))
     metrics.TOKENS_PROCESSED.labels(namespace=namespace.name).inc(sum(counts))
-    return EmbeddingBatch(
+    batch = EmbeddingBatch(
         namespace=namespace,
         vectors=vectors,
         token_counts=counts,
         truncated=over,
         normalized=normalize or provider.always_normalizes(),
     )
+    return batch_shortened(batch, dimensions)
 
 
 def _budget_checked(
@@ -141,7 +202,7 @@ def _budget_checked(
     """Token checks (None without a local tokenizer) and the over-budget indices; refuses them unless `truncate`."""
     try:
         # Truncated texts need only "over the budget?", not their whole count (the refusal names the counts).
-        checks: list[TokenCheck] | None = texts_check_budget(namespace=namespace, texts=texts, exact=not truncate)
+        checks: list[TokenCheck] | None = _token_checks(namespace, texts, exact=not truncate)
     except TokenizerUnavailable:
         checks = None  # remote providers and Lucene's analyzer without a local tokenizer enforce the budget themselves
     over = [check.text_index for check in checks or [] if check.exceeds_budget]

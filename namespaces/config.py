@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
-from namespaces.models import NAMESPACE_NAME_PATTERN, SCOPES, TENANT_SLUG_PATTERN
+from namespaces.models import NAMESPACE_NAME_PATTERN, SCOPES, TENANT_SLUG_PATTERN, matryoshka_dims_problem
 
 
 class _Strict(BaseModel):
@@ -38,6 +38,9 @@ class NamespaceSpec(_Strict):
     requires_gpu: bool = False
     endpoint: str = ""
     parameters: dict[str, Any] = Field(default_factory=dict)
+    matryoshka_dims: list[StrictInt] = Field(default_factory=list)  # smaller sizes a request may ask for, each < dim
+    query_prompt: str = ""  # prepended to queries before embedding (dense)
+    document_prompt: str = ""  # prepended to documents before embedding (dense)
     fallback: str = ""  # namespace that answers while this one's provider is down (same dimension only)
     enabled: bool = True
     allowed_scopes: list[str] = Field(default_factory=lambda: ["embed:read", "embed:write"])
@@ -85,6 +88,11 @@ class NamespaceSpec(_Strict):
             raise ValueError(f"dim {self.dim} differs from the name's {match['dim']}")
         if self.kind != "sparse" and self.dim is None:
             raise ValueError("dim is required for dense namespaces")
+        problem = matryoshka_dims_problem(self.matryoshka_dims, self.dim)
+        if problem:
+            raise ValueError(f"matryoshka_dims {self.matryoshka_dims}: {problem}")
+        if self.kind == "sparse" and (self.query_prompt or self.document_prompt):
+            raise ValueError("query_prompt and document_prompt are for dense namespaces")
         return self
 
 

@@ -106,6 +106,21 @@ class Pooling(models.TextChoices):
     NONE = "none"
 
 
+def matryoshka_dims_problem(sizes: object, dim: int | None) -> str | None:
+    """Why `sizes` cannot be a namespace's Matryoshka sizes (None when they can): distinct integers in 1..dim-1."""
+    if not isinstance(sizes, list) or not all(type(size) is int for size in sizes):
+        return "must be a list of integers"
+    if not sizes:
+        return None
+    if dim is None:
+        return "needs a namespace dimension"
+    if any(not 0 < size < dim for size in sizes):
+        return f"each size must be between 1 and {dim - 1} (the full dimension {dim} is always allowed)"
+    if len(set(sizes)) != len(sizes):
+        return "sizes must be unique"
+    return None
+
+
 class Namespace(models.Model):
     """An embedding space: one model, one dimension, one version. Vectors of two namespaces never mix."""
 
@@ -134,6 +149,18 @@ class Namespace(models.Model):
         max_length=500, blank=True, help_text="Remote provider base URL; ${VAR} is read from the environment."
     )
     parameters = models.JSONField(default=dict, blank=True)
+    matryoshka_dims = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Smaller sizes the model was trained to answer with (Matryoshka): a request's `dimensions` may "
+        "name one of them (or dim), and gets the renormalized prefix of the full vector. Each below dim.",
+    )
+    query_prompt = models.TextField(
+        blank=True, help_text="Prepended to each query text before embedding (dense namespaces), e.g. an instruction."
+    )
+    document_prompt = models.TextField(
+        blank=True, help_text="Prepended to each document text before embedding (dense namespaces)."
+    )
     fallback = models.CharField(
         max_length=200,
         blank=True,
@@ -155,6 +182,15 @@ class Namespace(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def allowed_dimensions(self) -> list[int]:
+        """The sizes a request may ask for: the Matryoshka sizes and the full dimension, ascending."""
+        return sorted({*(self.matryoshka_dims or []), *([self.dim] if self.dim else [])})
+
+    def prompt_for(self, input_type: str) -> str:
+        """The text prepended to a query or a document before embedding."""
+        return self.query_prompt if input_type == "query" else self.document_prompt
+
     def clean(self) -> None:
         match = NAMESPACE_NAME_PATTERN.match(self.name or "")
         if not match:
@@ -167,6 +203,11 @@ class Namespace(models.Model):
             raise ValidationError({"dim": "dense namespaces need a dimension"})
         if self.fallback and (self.fallback == self.name or not NAMESPACE_NAME_PATTERN.match(self.fallback)):
             raise ValidationError({"fallback": "must name another namespace"})
+        problem = matryoshka_dims_problem(self.matryoshka_dims, self.dim)
+        if problem:
+            raise ValidationError({"matryoshka_dims": problem})
+        if self.kind == NamespaceKind.SPARSE and (self.query_prompt or self.document_prompt):
+            raise ValidationError({"query_prompt": "prompts are for dense namespaces"})
         unknown = set(self.allowed_scopes or []) - set(SCOPES)
         if unknown:
             raise ValidationError({"allowed_scopes": f"unknown scopes: {sorted(unknown)}"})

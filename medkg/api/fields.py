@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core.errors import PayloadTooLarge
@@ -46,14 +47,21 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)  # type: ignore[no-any-return]
 
 
-class VectorField(serializers.ListField):
-    """A list of floats in the schema; the numpy vector goes to the orjson renderer as it is (the hot path)."""
+@extend_schema_field(
+    {
+        "anyOf": [
+            {"type": "array", "items": {"type": "number"}},
+            {"type": "array", "items": {"type": "integer"}},
+            {"type": "string", "format": "byte"},
+        ]
+    }
+)
+class EncodedVectorField(serializers.Field):
+    """A vector as its encoding_format wrote it (numbers, integers or base64); numpy rows go to the orjson
+    renderer as they are (the hot path)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(child=serializers.FloatField(), **kwargs)
-
-    def to_representation(self, data: Any) -> Any:
-        return data
+    def to_representation(self, value: Any) -> Any:
+        return value
 
 
 # --- limits shared by the endpoints that take texts and documents ---

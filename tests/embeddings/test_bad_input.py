@@ -450,7 +450,7 @@ def test_openai_dimensions_other_than_the_namespace_dim_are_a_400(
     response = api.post(OPENAI, body, token=token_a_write)
 
     body = assert_error(response, 400, "invalid_request")
-    assert body["error"]["details"] == {"dimensions": DIM}
+    assert body["error"]["details"] == {"dimensions": DIM, "allowed_dimensions": [DIM]}
 
 
 @pytest.mark.parametrize("dimensions", [0, -1, "many", None, 1.5, [384], 10**30], ids=repr)

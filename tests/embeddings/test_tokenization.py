@@ -29,7 +29,8 @@ def medical_texts() -> list[str]:
 
 
 def test_a_bounded_count_charges_and_judges_like_the_exact_one():
-    texts = medical_texts() + [
+    texts = [
+        *medical_texts(),
         "a" * 5000,  # one token-free run of characters: no whitespace to cut at, counted whole
         "pneumonoultramicroscopicsilicovolcanoconiosis " * 60,  # very long words: many pieces per word
         "x " * 600,

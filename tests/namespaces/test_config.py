@@ -37,6 +37,14 @@ def test_shipped_seed_files_load():
     )
     qwen = specs["single_vector.qwen3.4096.v1"]
     assert (qwen.provider, qwen.dim, qwen.requires_gpu, qwen.endpoint) == ("vllm", 4096, True, "${VLLM_URL}")
+    assert qwen.matryoshka_dims == [32, 64, 128, 256, 512, 768, 1024, 2048]
+    assert qwen.query_prompt.startswith("Instruct: ") and qwen.query_prompt.endswith("\nQuery: ")
+    assert (qwen.document_prompt, minilm.query_prompt, minilm.document_prompt, minilm.matryoshka_dims) == (
+        "",
+        "",
+        "",
+        [],
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,6 +60,13 @@ def test_shipped_seed_files_load():
         ({"allowed_tenants": ["Bad Slug"]}, "allowed_tenants", "invalid tenant slugs"),
         ({"pooling": "median"}, "pooling", "Input should be"),
         ({"colour": "blue"}, "colour", "Extra inputs"),
+        ({"matryoshka_dims": [128, 384]}, "(file)", "between 1 and 383"),
+        ({"matryoshka_dims": [0, 128]}, "(file)", "between 1 and 383"),
+        ({"matryoshka_dims": [128, 128]}, "(file)", "unique"),
+        ({"matryoshka_dims": ["128"]}, "matryoshka_dims.0", "integer"),
+        ({"matryoshka_dims": [True]}, "matryoshka_dims.0", "integer"),
+        ({"matryoshka_dims": 128}, "matryoshka_dims", "list"),
+        ({"query_prompt": ["query: "]}, "query_prompt", "string"),
     ],
 )
 def test_bad_namespace_field_is_named(tmp_path, change, field, reason_part):
@@ -182,3 +197,14 @@ def test_pyserini_config_rejects_unreadable_or_incomplete_files(tmp_path, conten
     assert raised.value.field == field
     with pytest.raises(ConfigError, match="cannot be read"):
         load_pyserini_config(tmp_path / "missing.yaml")
+
+
+def test_sparse_namespaces_take_neither_prompts_nor_matryoshka_sizes(tmp_path):
+    spec = yaml.safe_load((SEED_DIR / "sparse.bm25.auto.v1.yaml").read_text())
+    for change, reason_part in [
+        ({"query_prompt": "query: "}, "dense namespaces"),
+        ({"matryoshka_dims": [8]}, "needs a namespace dimension"),
+    ]:
+        with pytest.raises(ConfigError) as raised:
+            load_namespace_spec(write(tmp_path, "sparse.yaml", {**spec, **change}))
+        assert reason_part in raised.value.reason

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -125,6 +126,25 @@ def test_an_invalid_request_is_not_a_provider_failure(api, primary, standin_384,
     response = api.post("/v1/embed", {"namespace": PRIMARY, "texts": [long_text]}, token=token_a_write)
     assert_error(response, 422, "token_budget_exceeded")
     assert embed(api, token_a_write)[SERVED_BY] == PRIMARY
+
+
+@pytest.mark.django_db
+def test_the_fallback_answers_the_requested_size_with_its_own_prompts(api, primary, token_a_write):
+    """The requested namespace's sizes allow `dimensions`; the fallback (same dimension) is cut to it, and embeds
+    with its own prompts (none for MiniLM), as its vectors must stay in its own space."""
+    primary.matryoshka_dims, primary.query_prompt = [128], "query: "
+    primary.save()
+    body = {"model": PRIMARY, "input": "aspirin", "input_type": "query", "encoding_format": "float"}
+    full = api.post("/v1/embeddings", {**body, "model": MINILM}, token=token_a_write).json()["data"][0]["embedding"]
+
+    response = api.post("/v1/embeddings", {**body, "dimensions": 128}, token=token_a_write)  # the stand-in is down
+
+    assert response.status_code == 200, response.content
+    assert response[SERVED_BY] == MINILM
+    prefix = np.asarray(full[:128], dtype=np.float64)
+    np.testing.assert_allclose(response.json()["data"][0]["embedding"], prefix / np.linalg.norm(prefix), atol=1e-6)
+    refused = api.post("/v1/embeddings", {**body, "dimensions": 256}, token=token_a_write)
+    assert assert_error(refused, 400, "invalid_request")["error"]["details"]["allowed_dimensions"] == [128, 384]
 
 
 # --- live: a running server, the backend killed under load ---------------------------------------------------

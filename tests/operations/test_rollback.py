@@ -102,7 +102,8 @@ def test_a_client_asking_for_the_primarys_dimension_is_refused_not_given_other_v
     response = api.post("/v1/embeddings", {"model": QWEN, "input": "aspirin", "dimensions": 4096}, token=token_a_write)
 
     body = assert_error(response, 400, "invalid_request")
-    assert MINILM in body["error"]["message"] and body["error"]["details"] == {"dimensions": 384}
+    assert MINILM in body["error"]["message"]
+    assert body["error"]["details"] == {"dimensions": 384, "allowed_dimensions": [384]}
 
 
 def test_documents_accepted_during_a_rollback_are_indexed_after_the_undo_with_no_other_command(

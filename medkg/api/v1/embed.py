@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
-import numpy as np
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -13,18 +11,19 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.errors import InvalidRequest, UnsupportedInput
+from embeddings.encoding import ENCODING_FORMATS, vectors_encoded
 from embeddings.failover import embeddings_compute_failover
 from embeddings.metrics import request_observed
-from embeddings.services import EmbeddingBatch, SparseBatch, sparse_compute
+from embeddings.services import INPUT_TYPES, EmbeddingBatch, SparseBatch, sparse_compute
 from medkg.api.access import namespace_granted
 from medkg.api.exceptions import error_body
 from medkg.api.fields import (
+    EncodedVectorField,
     NoUnknownFieldsSerializer,
     StrictBooleanField,
     StrictCharField,
     TextsField,
     UsageSerializer,
-    VectorField,
     check_text_count,
 )
 from medkg.api.permissions import check_claimed_tenant, principal_of
@@ -72,18 +71,44 @@ PROVIDER_UNAVAILABLE = OpenApiResponse(
 )
 
 
+# --- shared by both endpoints: what a dense answer may look like ---
+
+ENCODING_HELP = (
+    "How each vector is written (dense namespaces). float: a list of numbers. base64: base64 of the "
+    "little-endian float32 values. int8: round(clip(x, -1, 1) * 127), integers in -127..127. uint8: "
+    "round((clip(x, -1, 1) + 1) * 127.5), integers in 0..255. binary: the sign bits (x > 0 is 1) packed 8 per "
+    "byte, most significant bit first (numpy.packbits), the last byte zero-padded: ceil(dim / 8) integers in "
+    "0..255. Rounding is half to even. Quantization applies after `dimensions` and normalization."
+)
+DIMENSIONS_HELP = (
+    "Dense namespaces: the size of the returned vectors, the namespace's dimension or one of its "
+    "`matryoshka_dims` (GET /v1/namespaces): the first N values of the full vector, renormalized to unit length. "
+    "Any other size is a 400 naming the allowed ones."
+)
+INPUT_TYPE_HELP = (
+    "query or document (default). Dense namespaces: the namespace's query_prompt or document_prompt is "
+    "prepended to each text (and counted in its tokens). Sparse namespaces: which side's expansion limits "
+    "apply (documents keep more terms)."
+)
+
+
+def encoding_format_field(**kwargs: Any) -> serializers.ChoiceField:
+    return serializers.ChoiceField(choices=list(ENCODING_FORMATS), default="float", help_text=ENCODING_HELP, **kwargs)
+
+
+def input_type_field(**kwargs: Any) -> serializers.ChoiceField:
+    return serializers.ChoiceField(choices=list(INPUT_TYPES), default="document", help_text=INPUT_TYPE_HELP, **kwargs)
+
+
 # --- /v1/embed ---
 
 
 class EmbedOptionsSerializer(NoUnknownFieldsSerializer):
     normalize = StrictBooleanField(required=False, allow_null=True, default=None)
     truncate = StrictBooleanField(required=False, default=False)
-    input_type = serializers.ChoiceField(
-        choices=["document", "query"],
-        required=False,
-        default="document",
-        help_text="Sparse namespaces: which side's expansion limits apply (documents keep more terms).",
-    )
+    input_type = input_type_field(required=False)
+    dimensions = serializers.IntegerField(required=False, min_value=1, help_text=DIMENSIONS_HELP)
+    encoding_format = encoding_format_field(required=False)
 
 
 class EmbedInputSerializer(NoUnknownFieldsSerializer):
@@ -95,7 +120,7 @@ class EmbedInputSerializer(NoUnknownFieldsSerializer):
 
 class EmbeddingOutputSerializer(serializers.Serializer):
     text_index = serializers.IntegerField()
-    vector = VectorField(required=False, help_text="Dense namespaces.")
+    vector = EncodedVectorField(required=False, help_text="Dense namespaces, written as options.encoding_format.")
     terms = serializers.DictField(
         child=serializers.FloatField(), required=False, help_text="Sparse namespaces: term -> weight > 0."
     )
@@ -108,8 +133,13 @@ class EmbedOutputSerializer(serializers.Serializer):
     model = serializers.CharField()
     model_version = serializers.CharField()
     kind = serializers.ChoiceField(choices=["single_vector", "sparse"])
-    dim = serializers.IntegerField(allow_null=True, help_text="Vocabulary size for sparse namespaces; null for auto.")
+    dim = serializers.IntegerField(
+        allow_null=True,
+        help_text="Size of the returned vectors (options.dimensions when given); vocabulary size for sparse "
+        "namespaces, null for auto.",
+    )
     normalized = serializers.BooleanField()
+    encoding_format = serializers.ChoiceField(choices=list(ENCODING_FORMATS), help_text="float for sparse namespaces.")
     embeddings = EmbeddingOutputSerializer(many=True)
     usage = UsageSerializer()
 
@@ -118,12 +148,14 @@ def _usage(batch: EmbeddingBatch | SparseBatch) -> dict[str, int]:
     return {"prompt_tokens": batch.total_tokens, "total_tokens": batch.total_tokens}
 
 
-def _embed_body(batch: EmbeddingBatch | SparseBatch) -> dict[str, Any]:
+def _embed_body(batch: EmbeddingBatch | SparseBatch, encoding_format: str) -> dict[str, Any]:
     """What EmbedOutputSerializer renders: per text, its vector (dense) or its term weights (sparse)."""
+    values: list[Any]
     if isinstance(batch, SparseBatch):
         key, values, dim, normalized = "terms", list(batch.terms), batch.namespace.dim, False
     else:
-        key, values, dim, normalized = "vector", list(batch.vectors), int(batch.vectors.shape[1]), batch.normalized
+        dim, normalized = int(batch.vectors.shape[1]), batch.normalized
+        key, values = "vector", vectors_encoded(batch.vectors, encoding_format)  # type: ignore[arg-type]
     truncated = set(batch.truncated)
     return {
         "namespace": batch.namespace.name,
@@ -132,6 +164,7 @@ def _embed_body(batch: EmbeddingBatch | SparseBatch) -> dict[str, Any]:
         "kind": batch.namespace.kind,
         "dim": dim,
         "normalized": normalized,
+        "encoding_format": encoding_format,
         "embeddings": [
             {"text_index": i, key: value, "token_count": count, "truncated": i in truncated}
             for i, (value, count) in enumerate(zip(values, batch.token_counts, strict=True))
@@ -163,9 +196,11 @@ class EmbedView(APIView):
         data = payload.validated_data
         namespace = namespace_granted(request, name=data["namespace"], scope=self.required_scope)
         options = data.get("options") or {}
+        encoding_format = options.get("encoding_format", "float")
         batch: EmbeddingBatch | SparseBatch
         with request_observed(namespace=namespace.name, endpoint="embed"):
             if namespace.kind == NamespaceKind.SPARSE:
+                _check_sparse_options(namespace.name, options)
                 batch = sparse_compute(
                     namespace=namespace,
                     texts=data["texts"],
@@ -178,8 +213,20 @@ class EmbedView(APIView):
                     texts=data["texts"],
                     normalize=options.get("normalize"),
                     truncate=options.get("truncate", False),
+                    input_type=options.get("input_type", "document"),
+                    dimensions=options.get("dimensions"),
                 )
-        return _served(request, batch, EmbedOutputSerializer(_embed_body(batch)).data)
+        return _served(request, batch, EmbedOutputSerializer(_embed_body(batch, encoding_format)).data)
+
+
+def _check_sparse_options(namespace: str, options: dict[str, Any]) -> None:
+    """Term weights have no size to cut nor floats to quantize: refuse the dense-only options (400)."""
+    asked = [name for name in ("dimensions", "encoding_format") if options.get(name) not in (None, "float")]
+    if asked:
+        raise InvalidRequest(
+            f"Namespace {namespace} is sparse: options {', '.join(asked)} apply to dense namespaces only.",
+            details={"options": asked},
+        )
 
 
 # --- /v1/embeddings (OpenAI) ---
@@ -202,8 +249,9 @@ class OpenAIEmbeddingsInputSerializer(serializers.Serializer):
 
     model = StrictCharField(max_length=200, help_text="A namespace name, e.g. single_vector.minilm.384.v1.")
     input = OpenAIInputField(help_text="A string or a list of strings.")
-    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
-    dimensions = serializers.IntegerField(required=False, min_value=1)
+    encoding_format = encoding_format_field(required=False)
+    dimensions = serializers.IntegerField(required=False, min_value=1, help_text=DIMENSIONS_HELP)
+    input_type = input_type_field(required=False)
     user = StrictCharField(required=False, max_length=500)
     tenant_id = StrictCharField(
         required=False, max_length=200, help_text="medkg extension: must equal the token's tenant when given."
@@ -227,7 +275,7 @@ class OpenAIEmbeddingsInputSerializer(serializers.Serializer):
 class OpenAIEmbeddingItemSerializer(serializers.Serializer):
     object = serializers.CharField(default="embedding")
     index = serializers.IntegerField()
-    embedding = serializers.JSONField(help_text="A list of floats, or base64 of little-endian float32.")
+    embedding = EncodedVectorField(help_text="Written as the request's encoding_format.")
 
 
 class OpenAIEmbeddingsOutputSerializer(serializers.Serializer):
@@ -235,12 +283,6 @@ class OpenAIEmbeddingsOutputSerializer(serializers.Serializer):
     data = OpenAIEmbeddingItemSerializer(many=True)  # type: ignore[assignment]  # OpenAI's field name
     model = serializers.CharField()
     usage = UsageSerializer()
-
-
-def _encode(vector: np.ndarray, as_base64: bool) -> object:
-    if as_base64:
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector
 
 
 class OpenAIEmbeddingsView(APIView):
@@ -261,21 +303,19 @@ class OpenAIEmbeddingsView(APIView):
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
         namespace = namespace_granted(request, name=data["model"], scope=self.required_scope)
-        if "dimensions" in data and data["dimensions"] != namespace.dim:
-            raise InvalidRequest(
-                f"Namespace {namespace.name} produces {namespace.dim} dimensions, not {data['dimensions']}.",
-                details={"dimensions": namespace.dim},
-            )
         with request_observed(namespace=namespace.name, endpoint="openai_embeddings"):
             truncate = data["truncate"] or data.get("truncate_prompt_tokens", 0) >= 1
-            batch = embeddings_compute_failover(namespace=namespace, texts=data["input"], truncate=truncate)
-        as_base64 = data["encoding_format"] == "base64"
+            batch = embeddings_compute_failover(
+                namespace=namespace,
+                texts=data["input"],
+                truncate=truncate,
+                input_type=data["input_type"],
+                dimensions=data.get("dimensions"),
+            )
+        encoded = vectors_encoded(batch.vectors, data["encoding_format"])
         body = {
             "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": _encode(vector, as_base64)}
-                for i, vector in enumerate(batch.vectors)
-            ],
+            "data": [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(encoded)],
             "model": batch.namespace.name,
             "usage": _usage(batch),
         }

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embeddings.metrics import request_observed
-from embeddings.services import texts_check_budget
+from embeddings.services import INPUT_TYPES, texts_check_budget
 from medkg.api.access import namespace_granted
 from medkg.api.fields import NoUnknownFieldsSerializer, StrictCharField, TextsField
 from medkg.api.permissions import check_claimed_tenant, principal_of
@@ -21,6 +21,9 @@ class NamespaceInfoSerializer(serializers.ModelSerializer):
     """What a tenant may know of a namespace. Other tenants' names are never shown to it."""
 
     allowed_tenants = serializers.SerializerMethodField()
+    matryoshka_dims = serializers.ListField(
+        child=serializers.IntegerField(), help_text="Sizes below dim that `dimensions` may ask for."
+    )
 
     class Meta:
         model = Namespace
@@ -31,10 +34,13 @@ class NamespaceInfoSerializer(serializers.ModelSerializer):
             "model_id",
             "model_version",
             "dim",
+            "matryoshka_dims",
             "max_tokens",
             "tokenizer",
             "pooling",
             "normalize",
+            "query_prompt",
+            "document_prompt",
             "batch_size",
             "requires_gpu",
             "enabled",
@@ -71,6 +77,11 @@ class NamespaceListView(APIView):
 class ValidateInputSerializer(NoUnknownFieldsSerializer):
     tenant_id = StrictCharField(required=False, max_length=200)
     texts = TextsField()
+    input_type = serializers.ChoiceField(
+        choices=list(INPUT_TYPES),
+        default="document",
+        help_text="Count each text as a query or a document (default): the namespace's prompt for it is counted.",
+    )
 
 
 class ValidationResultSerializer(serializers.Serializer):
@@ -99,7 +110,11 @@ class NamespaceValidateView(APIView):
         payload.is_valid(raise_exception=True)
         found = namespace_granted(request, name=namespace, scope=self.required_scope)
         with request_observed(namespace=found.name, endpoint="namespace_validate"):
-            checks = texts_check_budget(namespace=found, texts=payload.validated_data["texts"])
+            checks = texts_check_budget(
+                namespace=found,
+                texts=payload.validated_data["texts"],
+                input_type=payload.validated_data["input_type"],
+            )
         body = {
             "namespace": found.name,
             "max_tokens": found.max_tokens,

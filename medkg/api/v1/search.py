@@ -64,7 +64,9 @@ class SearchInputSerializer(NoUnknownFieldsSerializer):
 
 def _charge_query(tenant: Tenant, query: str, namespaces: list[Namespace]) -> None:
     """Charge the tenant's token quota for the query, embedded once per namespace searched (as /v1/embed counts)."""
-    tokens = sum(sum(texts_token_counts(namespace=namespace, texts=[query])) for namespace in namespaces)
+    tokens = sum(
+        sum(texts_token_counts(namespace=namespace, texts=[query], input_type="query")) for namespace in namespaces
+    )
     quota_charge_tokens(tenant=tenant, tokens=tokens)
 
 
