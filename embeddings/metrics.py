@@ -178,8 +178,9 @@ SCHEDULER_QUEUED_TEXTS = Gauge(
 )
 SCHEDULER_TOKENS = Counter(
     "embedding_scheduler_tokens_total",
-    "Estimated tokens served by an in-process model's passes, by work class and tenant ('-': unattributed).",
-    ["model", "work_class", "tenant"],
+    "Estimated tokens served by an in-process model's passes, by work class (no tenant label: tenant ids stay off "
+    "/metrics).",
+    ["model", "work_class"],
 )
 
 

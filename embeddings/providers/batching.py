@@ -290,9 +290,7 @@ class DynamicBatcher:
             row += count
             request.served += count
             tokens = sum(request.costs[piece.start : piece.end])
-            metrics.SCHEDULER_TOKENS.labels(
-                model=self.name, work_class=request.work_class.value, tenant=request.tenant or "-"
-            ).inc(tokens)
+            metrics.SCHEDULER_TOKENS.labels(model=self.name, work_class=request.work_class.value).inc(tokens)
             if request.served == len(request.texts) and not request.future.done():
                 request.future.set_result(request.vectors)
 
