@@ -99,6 +99,7 @@ class TenantBLoad:
 
     def __init__(self, service: Service, token: str, rate: float) -> None:
         self.latencies: list[float] = []
+        self.by_path: dict[str, list[float]] = {"embed": [], "search": []}
         self.statuses: Counter[int] = Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(service, token, rate))
@@ -128,6 +129,7 @@ class TenantBLoad:
                 except httpx.HTTPError:
                     status = 0
                 self.latencies.append((time.perf_counter() - began) * 1000)
+                self.by_path["embed" if sent % 2 == 0 else "search"].append(self.latencies[-1])
                 self.statuses[status] += 1
                 sent += 1
                 self._stop.wait(max(0.0, started + sent / rate - time.monotonic()))
@@ -369,6 +371,10 @@ def attack_ingest(service: Service, arguments: argparse.Namespace, idle_p99: flo
         jobs_wait(service, token, ids)
         beside_seconds = time.monotonic() - began
     p99, errors = report("ingestion", load.latencies, load.statuses)
+    print(
+        "    B p99 by request: "
+        + ", ".join(f"{path} {percentile(values, 0.99):.0f} ms" for path, values in load.by_path.items())
+    )
     b_seconds = b_done - accepted
     ratio = alone_seconds / beside_seconds
     print(

@@ -39,15 +39,60 @@ def _replaceable(value: Any) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= 200
 
 
+# Hostile JSON for document metadata and search filters: keys that look like numbers or paths (the probe's
+# 500s), integers past 64 bits, deep nesting (the poison document) and wide objects.
+_KEYS = st.sampled_from(
+    ["-1", "0", "12", "1e3", "-9223372036854775809", "a.b", "a__b", "__proto__", "", "k"]
+) | st.text(max_size=8)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+_JSON = st.recursive(
+    _SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3), max_leaves=12
+)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for level in range(depth):
+        value = {"k": value} if level % 2 else [value]
+    return value
+
+
+_DEEP = st.integers(min_value=0, max_value=1200).map(lambda depth: {"deep": _nested(depth)})
+HOSTILE_OBJECTS = st.dictionaries(_KEYS, _JSON, max_size=4) | _DEEP
+
+
+def _with_hostile_json(body: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """The body with generated metadata on each document and generated filters on a search."""
+    documents = body.get("documents")
+    if isinstance(documents, list) and documents and all(isinstance(item, dict) for item in documents):
+        return st.lists(HOSTILE_OBJECTS, min_size=len(documents), max_size=len(documents)).map(
+            lambda metadata: {
+                **body,
+                "documents": [{**item, "metadata": meta} for item, meta in zip(documents, metadata, strict=True)],
+            }
+        )
+    if "query" in body:
+        return HOSTILE_OBJECTS.map(lambda filters: {**body, "filters": filters})
+    return st.just(body)
+
+
 @schema.hook
 def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
-    """Each generated body as it is, or with the namespace and tenant it names replaced by existing ones."""
+    """Each generated body as it is, or with the namespace and tenant it names replaced by existing ones, and then
+    with hostile metadata or filters."""
     if not isinstance(body, dict):
         return st.just(body)
     existing = {
         key: EXISTING_VALUES[key] for key, value in body.items() if key in EXISTING_VALUES and _replaceable(value)
     }
-    return st.sampled_from([body, {**body, **existing}])
+    resolved = {**body, **existing}
+    return st.sampled_from([body, resolved]) | _with_hostile_json(resolved)
 
 
 @schema.hook
