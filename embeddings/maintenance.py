@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import transaction
 from django.db.models import F, Q, QuerySet
 
 from core.errors import BackendUnavailable
@@ -17,7 +18,7 @@ from embeddings.ingestion import ingestion_is_paused, ingestion_pause, ingestion
 from embeddings.models import Document, IngestionJob, JobStatus
 from embeddings.stores.base import SparseItem, SparseStore, StoredVector
 from embeddings.stores.registry import index_for
-from namespaces.models import Namespace, NamespaceKind, Tenant
+from namespaces.models import Namespace, NamespaceKind, Tenant, TenantUsage
 
 logger = logging.getLogger("medkg.embeddings.maintenance")
 
@@ -167,12 +168,97 @@ def index_rebuild(
 
 def _wait_for_running_jobs(namespace: Namespace, wait_seconds: float) -> None:
     """Running jobs stop at their next step once paused; a rebuild must not race their writes."""
+    _wait_until_stopped(
+        IngestionJob.objects.filter(namespace=namespace),
+        wait_seconds,
+        f"Ingestion jobs of {namespace.name} are still running after {wait_seconds:.0f} s; "
+        "the rebuild stopped before dropping anything. Retry, or check the workers.",
+        {"namespace": namespace.name},
+    )
+
+
+def _wait_until_stopped(
+    jobs: QuerySet[IngestionJob], wait_seconds: float, message: str, details: dict[str, str]
+) -> None:
     deadline = time.monotonic() + wait_seconds
-    while IngestionJob.objects.filter(namespace=namespace, status=JobStatus.RUNNING).exists():
+    while jobs.filter(status=JobStatus.RUNNING).exists():
         if time.monotonic() > deadline:
-            raise BackendUnavailable(
-                f"Ingestion jobs of {namespace.name} are still running after {wait_seconds:.0f} s; "
-                "the rebuild stopped before dropping anything. Retry, or check the workers.",
-                details={"namespace": namespace.name},
-            )
+            raise BackendUnavailable(message, details=details)
         time.sleep(0.5)
+
+
+@dataclass
+class PurgeReport:
+    namespace: str
+    store: str
+    removed: dict[str, int | None] = field(default_factory=dict)  # tenant -> entries removed (None: not on demand)
+    where: dict[str, str] = field(default_factory=dict)  # tenant -> the file or index they left
+
+
+def _location(store: Any, tenant: str) -> str:
+    path_for = getattr(store, "path_for", None)
+    return str(path_for(tenant)) if path_for else f"{store.config.backend} index of {tenant}"
+
+
+def index_purge_deleted(*, namespace: Namespace, tenant: Tenant | None = None) -> PurgeReport:
+    """Remove deleted and replaced documents' entries from the namespace's index files now, not at the next
+    compaction: after this, no file of the index holds their vectors or terms (their rows are already gone)."""
+    store = index_for(namespace)
+    report = PurgeReport(namespace=namespace.name, store=store.config.backend)
+    for slug in [tenant.slug] if tenant is not None else store.tenants():
+        report.removed[slug] = store.purge(tenant=slug)
+        report.where[slug] = _location(store, slug)
+    log_event(logger, "index_purged", namespace=namespace.name, removed=report.removed)
+    return report
+
+
+@dataclass
+class TenantEraseReport:
+    tenant: str
+    documents: dict[str, int] = field(default_factory=dict)  # namespace -> rows deleted
+    indexes: dict[str, str] = field(default_factory=dict)  # namespace -> the index files removed
+    jobs: int = 0
+    tenant_deleted: bool = False
+
+
+def tenant_erase(*, tenant: Tenant, wait_seconds: float = 60.0, keep_tenant: bool = False) -> TenantEraseReport:
+    """Offboard a tenant: its documents (text, vectors, metadata), its index partitions in every namespace, its
+    jobs and usage, then the tenant itself. Audit events stay: they are the record of who did what.
+
+    Safe to run again after a crash at any point: the tenant is deactivated first (its tokens are refused, so
+    nothing new is accepted), the indexes go before the rows that could rebuild them, and the rows go in one
+    transaction; what a crash leaves behind, the next run removes."""
+    report = TenantEraseReport(tenant=tenant.slug)
+    Tenant.objects.filter(pk=tenant.pk).update(is_active=False)
+    jobs = IngestionJob.objects.filter(tenant=tenant)
+    jobs.filter(status__in=(JobStatus.QUEUED, JobStatus.PAUSED)).update(status=JobStatus.FAILED, error="tenant erased")
+    _wait_until_stopped(  # a running step would write after the drop
+        jobs,
+        wait_seconds,
+        f"Ingestion jobs of {tenant.slug} are still running after {wait_seconds:.0f} s; the tenant is "
+        "deactivated and nothing was deleted yet. Retry, or check the workers.",
+        {"tenant": tenant.slug},
+    )
+    with_rows = set(Document.objects.filter(tenant=tenant).values_list("namespace_id", flat=True))
+    for namespace in Namespace.objects.order_by("name"):
+        store = index_for(namespace)
+        if namespace.pk in with_rows or tenant.slug in store.tenants():
+            store.drop(tenant=tenant.slug)
+            report.indexes[namespace.name] = _location(store, tenant.slug)
+    with transaction.atomic():
+        for namespace_id, name in Namespace.objects.filter(pk__in=with_rows).values_list("pk", "name"):
+            report.documents[name], _ = Document.objects.filter(tenant=tenant, namespace_id=namespace_id).delete()
+        report.jobs, _ = jobs.delete()
+        TenantUsage.objects.filter(tenant=tenant).delete()
+        if not keep_tenant:
+            tenant.delete()
+            report.tenant_deleted = True
+    log_event(
+        logger,
+        "tenant_erased",
+        tenant=tenant.slug,
+        documents=report.documents,
+        indexes=sorted(report.indexes),
+        jobs=report.jobs,
+    )
+    return report

@@ -103,8 +103,18 @@ class IndexStore(ABC, Generic[Item]):
         """Per-tenant sizes, for gauges and the admin."""
         return []
 
+    def tenants(self) -> list[str]:
+        """Tenants with an index in this namespace."""
+        return [stats.tenant for stats in self.stats()]
+
     def optimize(self, *, tenant: str) -> None:
         """Bring the tenant's index to its best read shape after bulk work (Lucene: merge segments). Default: none."""
+        return None
+
+    def purge(self, *, tenant: str) -> int | None:
+        """Remove deleted and replaced entries of `tenant` from the index files now (the right to erasure: a
+        tombstone is not erasure). Returns how many entries left the files, or None when this store cannot do it
+        on demand (its own merges remove them)."""
         return None
 
     def readiness(self) -> tuple[bool, str]:

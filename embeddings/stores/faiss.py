@@ -84,9 +84,6 @@ class FaissStore(PartitionedFileStore, VectorStore):
         )
         self.directory = self.files.directory
 
-    def path_for(self, tenant: str) -> Path:
-        return self.files.path_for(tenant)
-
     def _empty(self) -> _Partition:
         index = faiss.IndexHNSWFlat(self.config.dim, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = self.config.ef_construction

@@ -216,9 +216,25 @@ class PartitionedFileStore(ABC):
                 self._persist(tenant, partition)
         return removed
 
+    def path_for(self, tenant: str) -> Path:
+        return self.files.path_for(tenant)
+
+    def purge(self, *, tenant: str) -> int:
+        """Rewrite the tenant's partition without its dead slots, whatever their number; returns how many left."""
+        if not self.files.exists(tenant):
+            return 0
+        with self.files.writing(tenant) as partition:
+            dead = int(partition.tombstones)
+            if dead:
+                self._compact(tenant, partition)
+                self._persist(tenant, partition)
+        return dead
+
     def _compact_if_needed(self, tenant: str, partition: Any) -> None:
-        if not compaction_due(partition):
-            return
+        if compaction_due(partition):
+            self._compact(tenant, partition)
+
+    def _compact(self, tenant: str, partition: Any) -> None:
         dead = partition.tombstones
         slots = np.flatnonzero(partition.alive)
         self._compact_to(partition, slots)

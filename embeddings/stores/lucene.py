@@ -123,6 +123,9 @@ class LuceneStore(SparseStore):
             config = java_class("org.apache.lucene.index.IndexWriterConfig")(self._analyzer_get())
             config.setOpenMode(java_class("org.apache.lucene.index.IndexWriterConfig$OpenMode").CREATE_OR_APPEND)
             config.setSimilarity(java_class("org.apache.lucene.search.similarities.BM25Similarity")())
+            policy = java_class("org.apache.lucene.index.TieredMergePolicy")()  # Lucene's default policy, but
+            policy.setForceMergeDeletesPctAllowed(0.0)  # purge() rewrites every segment with a deleted document
+            config.setMergePolicy(policy)
             try:
                 writer = java_class("org.apache.lucene.index.IndexWriter")(self._fs_directory(path), config)
             except Exception as error:  # jnius.JavaException
@@ -195,6 +198,17 @@ class LuceneStore(SparseStore):
         with self._writer(tenant) as writer:
             writer.forceMerge(1)
         log_event(logger, "lucene_index_optimized", namespace=self.config.namespace, tenant=tenant)
+
+    def purge(self, *, tenant: str) -> int:
+        """Merge away the segments' deleted documents (Lucene keeps them until a merge), the rest untouched."""
+        if latest_commit(self.path_for(tenant)) is None:
+            return 0
+        with self._writer(tenant) as writer:
+            stats = writer.getDocStats()
+            deleted = int(stats.maxDoc - stats.numDocs)
+            if deleted:
+                writer.forceMergeDeletes(True)
+        return deleted
 
     def drop(self, *, tenant: str | None = None) -> None:
         for name in [tenant] if tenant is not None else self.tenants():

@@ -245,3 +245,25 @@ def test_store_matches_a_model_of_live_documents_per_tenant(
         assert_same_ranking(
             fresh.search(tenant=tenant, query_terms=query, query_text="", k=10), exact(documents, query, 10)
         )
+
+
+def test_purge_takes_deleted_postings_out_of_the_partition_file(tmp_path: Path) -> None:
+    """Tombstones wait for compaction (past a quarter of the partition); purge removes them whatever their number."""
+    rng = np.random.default_rng(7)
+    weights = random_terms(rng, 100)
+    store = make_store(tmp_path)
+    store.upsert(tenant="a", items=items(range(100), weights))
+    store.upsert(tenant="b", items=items([5], weights[:1]))
+    store.delete(tenant="a", labels=[3, 40])
+    b_before = store.path_for("b").read_bytes()
+    assert store.stats()[0].tombstones == 2
+    with np.load(store.path_for("a")) as stored:
+        assert {3, 40} <= set(stored["labels"].tolist())  # hidden from search, still in the file
+    assert store.purge(tenant="a") == 2
+    with np.load(store.path_for("a")) as stored:
+        assert not {3, 40} & set(stored["labels"].tolist()) and stored["labels"].size == 98
+    documents = {label: terms for label, terms in zip(range(100), weights, strict=True) if label not in (3, 40)}
+    query = weights[3]
+    assert_same_ranking(store.search(tenant="a", query_terms=query, query_text="", k=10), exact(documents, query, 10))
+    assert store.purge(tenant="a") == 0 and store.purge(tenant="nobody") == 0
+    assert store.path_for("b").read_bytes() == b_before

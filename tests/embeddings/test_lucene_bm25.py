@@ -376,3 +376,22 @@ def test_impact_search_ranks_by_the_dot_product_of_quantised_weights(tmp_path: P
         assert all(abs(a - b) < 1e-6 for (_, a), (_, b) in zip(hits, exact, strict=False))
     assert impact_quantize({"a": 0.004, "b": 0.006, "c": 1.234}, scale=100) == {"b": 1, "c": 123}
     searcher.close()
+
+
+def test_purge_removes_deleted_documents_from_the_segments_at_once(tmp_path: Path) -> None:
+    """Lucene keeps a deleted document in its segment until a merge; purge merges them away now, and only them.
+    Deletes stay under the merge policy's 20 % allowance, so no natural merge removes them first."""
+    store = make_store(tmp_path)
+    corpus = {label: f"{CORPUS[11 + label % len(CORPUS)]} note {label}" for label in range(100)}
+    for part in (range(50), range(50, 100)):  # two segments
+        store.upsert(tenant="a", items=items({label: corpus[label] for label in part}))
+    store.upsert(tenant="b", items=items({1: CORPUS[11]}))
+    store.delete(tenant="a", labels=[3, 70, 999])
+    store.upsert(tenant="a", items=items({15: "Statins are replaced here"}))  # the old version is a deleted doc
+    assert store.stats()[0].tombstones == 3
+    assert store.purge(tenant="a") == 3
+    assert store.stats()[0].tombstones == 0
+    assert store.labels(tenant="a") == set(corpus) - {3, 70}
+    assert search(store, "a", "Statins are replaced", k=1) == [15]
+    assert store.purge(tenant="a") == 0 and store.purge(tenant="nobody") == 0
+    assert store.labels(tenant="b") == {1}

@@ -1,0 +1,44 @@
+"""manage.py purge_deleted --namespace NS [--tenant T]: deleted documents leave the index files now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import CommandError, CommandParser
+
+from embeddings.maintenance import index_purge_deleted
+from namespaces.management.base import NamespaceCommand
+from namespaces.models import Tenant
+
+
+class Command(NamespaceCommand):
+    help = (
+        "Remove deleted and replaced documents from a namespace's index files at once, instead of at the next "
+        "compaction or merge (the right to erasure: a tombstone is not erasure). Prints, per tenant, how many "
+        "entries left which file. Searches keep answering while it runs."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        self.add_namespace_argument(parser)
+        parser.add_argument("--tenant", help="Only this tenant's partition (its slug); default: every tenant.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        namespace = self.namespace_named(options["namespace"])
+        tenant = None
+        if options["tenant"]:
+            tenant = Tenant.objects.filter(slug=options["tenant"]).first()
+            if tenant is None:
+                raise CommandError(f"Unknown tenant {options['tenant']!r}.")
+        report = index_purge_deleted(namespace=namespace, tenant=tenant)
+        if not report.removed:
+            self.stdout.write(f"{namespace.name}: no tenant has an index in the {report.store} store.")
+        for slug, removed in report.removed.items():
+            if removed is None:
+                self.stdout.write(
+                    f"{slug}: the {report.store} store removes deleted entries at its own merges, not on demand"
+                )
+            else:
+                self.stdout.write(
+                    f"{slug}: removed {removed} deleted entr{'y' if removed == 1 else 'ies'} from {report.where[slug]}"
+                )
+        self.stdout.write(self.style.SUCCESS(f"{namespace.name} purged"))
