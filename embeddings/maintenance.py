@@ -14,11 +14,19 @@ from django.db.models import F, Q, QuerySet
 from core.errors import BackendUnavailable
 from core.logging import log_event
 from embeddings import metrics
-from embeddings.ingestion import ingestion_is_paused, ingestion_pause, ingestion_resume, vector_from_bytes
+from embeddings.ingestion import (
+    document_stored_bytes,
+    ingestion_is_paused,
+    ingestion_pause,
+    ingestion_resume,
+    vector_from_bytes,
+)
 from embeddings.models import Document, IngestionJob, JobStatus
+from embeddings.services import INDEXED_KINDS
 from embeddings.stores.base import SparseItem, SparseStore, StoredVector
 from embeddings.stores.registry import index_for
 from namespaces.models import Namespace, NamespaceKind, Tenant, TenantUsage
+from namespaces.quotas import tenant_usage_lock
 
 logger = logging.getLogger("medkg.embeddings.maintenance")
 
@@ -240,7 +248,7 @@ def tenant_erase(*, tenant: Tenant, wait_seconds: float = 60.0, keep_tenant: boo
         {"tenant": tenant.slug},
     )
     with_rows = set(Document.objects.filter(tenant=tenant).values_list("namespace_id", flat=True))
-    for namespace in Namespace.objects.order_by("name"):
+    for namespace in Namespace.objects.filter(kind__in=INDEXED_KINDS).order_by("name"):
         store = index_for(namespace)
         if namespace.pk in with_rows or tenant.slug in store.tenants():
             store.drop(tenant=tenant.slug)
@@ -260,5 +268,38 @@ def tenant_erase(*, tenant: Tenant, wait_seconds: float = 60.0, keep_tenant: boo
         documents=report.documents,
         indexes=sorted(report.indexes),
         jobs=report.jobs,
+    )
+    return report
+
+
+@dataclass
+class UsageRecount:
+    tenant: str
+    before: tuple[int, int]  # (documents, stored bytes) on the usage row
+    after: tuple[int, int]  # what the live rows add up to
+
+    @property
+    def drifted(self) -> bool:
+        return self.before != self.after
+
+
+def tenant_usage_recount(*, tenant: Tenant) -> UsageRecount:
+    """Set the tenant's usage row to what its live documents add up to (after a restore, or rows changed by hand).
+
+    Holds the usage row's lock while it counts, so the tenant's accepts and deletes wait instead of racing the
+    sum; it reads only text and metadata, streamed."""
+    with transaction.atomic():
+        usage = tenant_usage_lock(tenant=tenant)
+        before = (usage.documents, usage.stored_bytes)
+        documents = stored_bytes = 0
+        live = Document.objects.filter(tenant=tenant, deleted_at__isnull=True).values_list("text", "metadata")
+        for text, metadata in live.iterator(chunk_size=BOOTSTRAP_CHUNK):
+            documents += 1
+            stored_bytes += document_stored_bytes(text, metadata)
+        if (documents, stored_bytes) != before:
+            TenantUsage.objects.filter(pk=usage.pk).update(documents=documents, stored_bytes=stored_bytes)
+    report = UsageRecount(tenant=tenant.slug, before=before, after=(documents, stored_bytes))
+    log_event(
+        logger, "tenant_usage_recounted", tenant=tenant.slug, before=list(before), after=[documents, stored_bytes]
     )
     return report

@@ -256,3 +256,32 @@ def test_the_migration_counts_what_tenants_stored_before_it():
     finally:
         MigrationExecutor(connection).migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
     assert usage(Tenant.objects.get(slug="old-tenant")) == (3, sum(size(document) for document in DOCS[:3]))
+
+
+@pytest.mark.django_db
+def test_usage_recount_corrects_a_drifted_row_from_the_live_documents(
+    synced: Any, api: Api, tenant_a: Tenant, tenant_b: Tenant, token_a_write: str
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    assert post(api, token_a_write, DOCS).status_code == 202
+    api.delete(DOCUMENTS, {"tenant_id": "tenant-a", "ids": ["insulin"]}, token=token_a_write)  # frees at once
+    truth = stored(tenant_a)
+    assert usage(tenant_a) == truth and truth[0] == 3
+    TenantUsage.objects.filter(tenant=tenant_a).update(documents=999, stored_bytes=1)  # as after a bad restore
+
+    out = StringIO()
+    call_command("usage_recount", stdout=out)
+
+    assert usage(tenant_a) == truth
+    assert (
+        f"tenant-a: corrected to {truth[0]} documents, {truth[1]} bytes (the row said 999 documents, 1 bytes)"
+        in out.getvalue()
+    )
+    assert "tenant-b: 0 documents, 0 bytes (unchanged)" in out.getvalue()
+    assert "1 tenant(s) corrected" in out.getvalue()
+    again = StringIO()
+    call_command("usage_recount", tenant="tenant-a", stdout=again)
+    assert "(unchanged)" in again.getvalue() and "0 tenant(s) corrected" in again.getvalue()
