@@ -237,7 +237,8 @@ def tenant_erase(*, tenant: Tenant, wait_seconds: float = 60.0, keep_tenant: boo
     nothing new is accepted), the indexes go before the rows that could rebuild them, and the rows go in one
     transaction; what a crash leaves behind, the next run removes."""
     report = TenantEraseReport(tenant=tenant.slug)
-    Tenant.objects.filter(pk=tenant.pk).update(is_active=False)
+    tenant.is_active = False
+    tenant.save(update_fields=["is_active"])  # a save, not update(): the access caches forget the tenant
     jobs = IngestionJob.objects.filter(tenant=tenant)
     jobs.filter(status__in=(JobStatus.QUEUED, JobStatus.PAUSED)).update(status=JobStatus.FAILED, error="tenant erased")
     _wait_until_stopped(  # a running step would write after the drop
