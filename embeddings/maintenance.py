@@ -92,17 +92,20 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
             if progress:
                 progress(tenant_slug, done, total)
 
-        chunks = list(_chunks(rows, BOOTSTRAP_CHUNK, skip=present))
+        # Rows stream from the database chunk by chunk (bounded memory); only (pk, version) pairs are kept, to mark
+        # the rows indexed once the store's write is durable.
+        loaded: list[tuple[int, int]] = []
+        streamed = _recording(_chunks(rows, BOOTSTRAP_CHUNK, skip=present), loaded)
         if isinstance(store, SparseStore):
             written = store.bulk_load(
-                tenant=tenant.slug, chunks=(_sparse_items(c) for c in chunks), on_progress=on_progress
+                tenant=tenant.slug, chunks=(_sparse_items(c) for c in streamed), on_progress=on_progress
             )
         else:
-            written = store.bulk_load(tenant=tenant.slug, chunks=(_vectors(c) for c in chunks), on_progress=on_progress)
+            written = store.bulk_load(
+                tenant=tenant.slug, chunks=(_vectors(c) for c in streamed), on_progress=on_progress
+            )
         metrics.VECTOR_STORE_UPSERTED.labels(namespace=namespace.name, store=store.config.backend).inc(written)
-        for chunk in chunks:
-            for pk, version, *_ in chunk:
-                Document.objects.filter(pk=pk, version=version).update(indexed_version=version)
+        _mark_indexed(loaded)
         report.tenants[tenant.slug] = written
         if written or stale:
             store.optimize(tenant=tenant.slug)
@@ -126,6 +129,25 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
         seconds=round(report.seconds, 3),
     )
     return report
+
+
+def _recording(
+    chunks: Iterator[list[tuple[Any, ...]]], loaded: list[tuple[int, int]]
+) -> Iterator[list[tuple[Any, ...]]]:
+    for chunk in chunks:
+        loaded.extend((row[0], row[1]) for row in chunk)
+        yield chunk
+
+
+def _mark_indexed(loaded: list[tuple[int, int]], batch: int = 10_000) -> None:
+    """indexed_version = version for the rows written, one UPDATE per batch and version (not one per row); a row
+    whose version moved on meanwhile stays pending for its ingestion job."""
+    by_version: dict[int, list[int]] = {}
+    for pk, version in loaded:
+        by_version.setdefault(version, []).append(pk)
+    for version, pks in by_version.items():
+        for start in range(0, len(pks), batch):
+            Document.objects.filter(pk__in=pks[start : start + batch], version=version).update(indexed_version=version)
 
 
 def _vectors(chunk: list[tuple[Any, ...]]) -> list[StoredVector]:
@@ -217,6 +239,36 @@ def index_purge_deleted(*, namespace: Namespace, tenant: Tenant | None = None) -
         report.removed[slug] = store.purge(tenant=slug)
         report.where[slug] = _location(store, slug)
     log_event(logger, "index_purged", namespace=namespace.name, removed=report.removed)
+    return report
+
+
+@dataclass
+class MergeReport:
+    namespace: str
+    store: str
+    segments: dict[str, tuple[int, int]] = field(default_factory=dict)  # tenant -> (before, after); -1: unknown
+    merged: dict[str, int] = field(default_factory=dict)  # tenant -> segments merged away
+
+
+def index_merge(*, namespace: Namespace, tenant: Tenant | None = None, full: bool = False) -> MergeReport:
+    """Run the merges the store's policy wants now (what the background merges do after writes), or with `full`
+    merge each partition into one segment without dead entries (the best read shape). Searches and writes go on
+    meanwhile: a merge builds outside the write lock and swaps its result in with one commit."""
+    store = index_for(namespace)
+    report = MergeReport(namespace=namespace.name, store=store.config.backend)
+    segments = getattr(store, "segments", None)
+    for slug in [tenant.slug] if tenant is not None else store.tenants():
+        before = len(segments(tenant=slug)) if segments else -1
+        merged = 0
+        if full or not hasattr(store, "merge"):
+            store.optimize(tenant=slug)
+        else:
+            while count := store.merge(tenant=slug)[0]:
+                merged += count
+        after = len(segments(tenant=slug)) if segments else -1
+        report.segments[slug] = (before, after)
+        report.merged[slug] = merged if not full else max(0, before - after)
+    log_event(logger, "index_merged", namespace=namespace.name, segments=report.segments)
     return report
 
 

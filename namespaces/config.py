@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from core.errors import ConfigError
 from namespaces.models import NAMESPACE_NAME_PATTERN, SCOPES, TENANT_SLUG_PATTERN, matryoshka_dims_problem
 
+VECTOR_STORAGES = ("float32", "float16", "sq8")  # the embedded FAISS store's (embeddings.stores.faiss)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -76,6 +78,17 @@ class NamespaceSpec(_Strict):
             bad = [slug for slug in value if not re.match(TENANT_SLUG_PATTERN, slug)]
             if bad:
                 raise ValueError(f"invalid tenant slugs {bad}")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _known_storage(cls, value: dict[str, Any]) -> dict[str, Any]:
+        storage = value.get("vector_storage", "float32")
+        if storage not in VECTOR_STORAGES:
+            raise ValueError(f"vector_storage {storage!r} is not one of {list(VECTOR_STORAGES)}")
+        keys = value.get("filterable_metadata", [])
+        if not isinstance(keys, list) or not all(isinstance(key, str) and key and "__" not in key for key in keys):
+            raise ValueError("filterable_metadata must be a list of top-level metadata keys, e.g. [source, year]")
         return value
 
     @model_validator(mode="after")

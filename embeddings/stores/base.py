@@ -30,6 +30,8 @@ class StoreConfig:
     ef_construction: int = 200
     ef_search: int = 64
     use_gpu: bool = False
+    storage: str = "float32"  # how the embedded store keeps vectors: float32, float16 or sq8 (re-scored)
+    filterable: tuple[str, ...] = ()  # metadata keys the store keeps a column of, to filter inside the search
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ def store_config_for(namespace: Namespace) -> StoreConfig:
         hnsw_m=int(parameters.get("hnsw_m", 32)),
         ef_construction=int(parameters.get("ef_construction", 200)),
         ef_search=int(parameters.get("ef_search", 64)),
+        storage=str(parameters.get("vector_storage", "float32")),
+        filterable=tuple(str(key) for key in parameters.get("filterable_metadata", [])),
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from core.management import MedkgCommand
-from namespaces.models import Namespace
+from namespaces.models import Namespace, Tenant
 
 
 def namespace_named(name: str) -> Namespace:
@@ -28,3 +28,15 @@ class NamespaceCommand(MedkgCommand):
 
     def namespace_named(self, name: str) -> Namespace:
         return namespace_named(name)
+
+    def add_tenant_argument(self, parser: CommandParser) -> None:
+        parser.add_argument("--tenant", help="Only this tenant's partition (its slug); default: every tenant.")
+
+    def tenant_option(self, options: dict[str, Any]) -> Tenant | None:
+        """The tenant named by --tenant, None without it, or a CommandError for an unknown slug."""
+        if not options.get("tenant"):
+            return None
+        tenant = Tenant.objects.filter(slug=options["tenant"]).first()
+        if tenant is None:
+            raise CommandError(f"Unknown tenant {options['tenant']!r}.")
+        return tenant

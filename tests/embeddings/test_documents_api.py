@@ -168,6 +168,32 @@ def test_metadata_filters_restrict_the_hits(
     assert hit_ids(search(api, token_a_write, "tenant-a", "x", filters={"kind": "nothing"})) == []
 
 
+def test_filters_on_declared_keys_run_in_the_store_with_no_cap_on_matches(
+    synced: dict[str, Namespace], api: Any, ingest: Any, token_a_write: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embeddings import selectors
+
+    monkeypatch.setattr(selectors, "MAX_FILTER_CANDIDATES", 1)  # stands for 100,000: both drugs are "too many"
+    ingest(token_a_write, "tenant-a", DOCS)
+    capped = search(api, token_a_write, "tenant-a", "medicine", k=10, filters={"kind": "drug"})
+    assert_error(capped, 400, "invalid_request")  # resolved by the database: capped
+
+    namespace = synced[DEFAULT_NAMESPACE]
+    namespace.parameters = {**namespace.parameters, "filterable_metadata": ["kind"]}
+    namespace.save()
+    store_for(namespace).drop(tenant="tenant-a")
+    Document.objects.filter(tenant__slug="tenant-a").delete()
+    ingest(token_a_write, "tenant-a", DOCS)  # indexed with a column of "kind"
+    assert store_for(namespace).filters_natively
+    drugs = hit_ids(search(api, token_a_write, "tenant-a", "medicine", k=10, filters={"kind": "drug"}))
+    assert sorted(drugs) == ["aspirin", "statin"]
+    either = hit_ids(search(api, token_a_write, "tenant-a", "x", k=10, filters={"kind": ["hormone", "pathogen"]}))
+    assert sorted(either) == ["insulin", "malaria"]
+    undeclared = search(api, token_a_write, "tenant-a", "x", filters={"author": "x"})
+    assert_error(undeclared, 400, "invalid_request")
+    assert "not filterable" in undeclared.json()["error"]["message"]
+
+
 def test_tenants_never_see_each_others_documents(
     synced: dict[str, Namespace], api: Any, ingest: Any, token_a_write: str, token_b_write: str
 ) -> None:

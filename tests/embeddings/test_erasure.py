@@ -15,6 +15,7 @@ from django.core.management.base import CommandError
 
 from embeddings.ingestion import vector_from_bytes
 from embeddings.models import Document, IngestionJob
+from embeddings.stores.faiss import FaissStore
 from embeddings.stores.registry import store_for
 from namespaces.models import AccessAuditEvent, Namespace, Tenant, TenantUsage
 from tests.conftest import DEFAULT_NAMESPACE
@@ -22,15 +23,23 @@ from tests.embeddings.test_documents_api import DOCS, DOCUMENTS, hit_ids, search
 
 
 @pytest.fixture(autouse=True)
-def _inline_ingestion(settings: Any) -> None:
+def _inline_ingestion(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.MEDKG_INGESTION_LOCAL_MODE = "inline"
+    # The command is under test: no background merge may erase the dead entries first.
+    monkeypatch.setattr(FaissStore, "background_merges", False)
 
 
 def vectors_in_file(path: Path) -> np.ndarray:
-    """Every vector the index file holds, live or tombstoned: what a disk image of the node would give away."""
-    with np.load(path, allow_pickle=False) as stored:
-        index = faiss.deserialize_index(np.ascontiguousarray(stored["index"]))
-    return index.reconstruct_n(0, index.ntotal)
+    """Every vector the partition's segment files hold, live or dead: what a disk image of the node would give away."""
+    found = [np.empty((0, 384), dtype=np.float32)]
+    for segment in sorted(path.glob("*.faiss")):
+        index = faiss.read_index(str(segment))
+        found.append(index.reconstruct_n(0, index.ntotal))
+    return np.concatenate(found)
+
+
+def digest(path: Path) -> dict[str, bytes]:
+    return {file.name: file.read_bytes() for file in sorted(path.iterdir()) if not file.name.endswith(".lock")}
 
 
 def holds(path: Path, vector: np.ndarray) -> bool:
@@ -74,7 +83,7 @@ def test_purge_deleted_takes_deleted_vectors_out_of_the_index_file(
     ingest(api, capture, token_a_write, "tenant-a", [{"id": "statin", "text": "Statins: a new text replaces it."}])
     store = store_for(synced[DEFAULT_NAMESPACE])
     path_a, path_b = store.path_for("tenant-a"), store.path_for("tenant-b")  # type: ignore[attr-defined]
-    b_before = path_b.read_bytes()
+    b_before = digest(path_b)
     # A tombstone hides a vector from search, but the file still holds it: not erasure.
     assert holds(path_a, deleted) and holds(path_a, replaced)
     assert "insulin" not in hit_ids(search(api, token_a_write, "tenant-a", "blood glucose", k=10))
@@ -85,7 +94,7 @@ def test_purge_deleted_takes_deleted_vectors_out_of_the_index_file(
     assert f"tenant-b: removed 0 deleted entries from {path_b}" in out
     assert not holds(path_a, deleted) and not holds(path_a, replaced)
     assert vectors_in_file(path_a).shape[0] == 3 and store.count(tenant="tenant-a") == 3
-    assert path_b.read_bytes() == b_before  # nothing to purge: not rewritten
+    assert digest(path_b) == b_before  # nothing to purge: not rewritten
     assert hit_ids(search(api, token_a_write, "tenant-a", "drug that lowers blood sugar", k=4))[0] != "insulin"
     assert set(hit_ids(search(api, token_a_write, "tenant-a", "statins", k=10))) == {
         "aspirin",
@@ -143,3 +152,19 @@ def test_tenant_delete_asks_before_it_erases(synced: dict[str, Namespace], monke
     with pytest.raises(CommandError, match="nothing was changed"):
         run("tenant_delete", "tenant-c")
     assert Tenant.objects.get(slug="tenant-c").is_active
+
+
+def test_merge_index_merges_a_partitions_segments_and_searches_still_answer(
+    synced: dict[str, Namespace], api: Any, token_a_write: str, two_tenants: Any
+) -> None:
+    ingest(api, two_tenants, token_a_write, "tenant-a", [{"id": "extra", "text": "Metformin for type 2 diabetes."}])
+    store = store_for(synced[DEFAULT_NAMESPACE])
+    before = len(store.segments(tenant="tenant-a"))  # type: ignore[attr-defined]
+    assert before >= 2  # each ingestion step wrote its own segment
+
+    out = run("merge_index", namespace=DEFAULT_NAMESPACE, tenant="tenant-a", full=True)
+
+    assert f"tenant-a: {before} segment(s) -> 1" in out
+    assert store.count(tenant="tenant-a") == 5
+    assert hit_ids(search(api, token_a_write, "tenant-a", "metformin diabetes", k=1)) == ["extra"]
+    assert "tenant-b: 1 segment(s) -> 1 (0 merged)" in run("merge_index", namespace=DEFAULT_NAMESPACE)

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from core.errors import BackendError, DimensionMismatch
 from embeddings.stores import faiss as faiss_store
-from embeddings.stores import files as partition_files
 from embeddings.stores.base import StoreConfig, StoredVector
 from embeddings.stores.faiss import FaissStore
 
@@ -150,7 +149,11 @@ def test_an_index_of_another_dimension_on_disk_is_refused_not_mixed(tmp_path: Pa
 def test_a_corrupt_index_file_is_a_clear_error(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store.upsert(tenant="a", items=[StoredVector(1, np.ones(DIM, dtype=np.float32) / 4)])
-    store.path_for("a").write_bytes(b"not an index")
+    (segment,) = store.segments(tenant="a")
+    (store.path_for("a") / f"{segment.name}.faiss").write_bytes(b"not an index")
+    with pytest.raises(BackendError, match="rebuild_index"):
+        make_store(tmp_path).count(tenant="a")
+    (store.path_for("a") / "commit.json").write_text("{not json")
     with pytest.raises(BackendError, match="rebuild_index"):
         make_store(tmp_path).count(tenant="a")
 
@@ -163,15 +166,18 @@ def test_unsafe_tenant_or_namespace_names_never_reach_the_filesystem(tmp_path: P
         FaissStore(StoreConfig(namespace="../x", dim=DIM, backend="faiss"), tmp_path)
 
 
-def test_tombstones_are_compacted_and_results_stay_right(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(partition_files, "COMPACT_MIN_TOMBSTONES", 10)
+def test_deletes_are_merged_away_and_results_stay_right(tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     vectors = unit(rng, 100)
     store = make_store(tmp_path)
+    store.background_merges = False
     store.upsert(tenant="a", items=items(range(100), vectors))
     store.delete(tenant="a", labels=list(range(0, 60)))
-    partition = store.files.current("a", create=False)
-    assert partition is not None and partition.tombstones == 0 and partition.labels.size == 40  # compacted
+    (segment,) = store.segments(tenant="a")
+    assert (segment.slots, segment.dead) == (100, 60)
+    assert store.merge(tenant="a") == (1, 60)  # past MAX_DEAD_FRACTION the policy rewrites it alone
+    (segment,) = store.segments(tenant="a")
+    assert (segment.slots, segment.dead) == (40, 0)
     hits = store.search(tenant="a", query=vectors[70], k=5)
     assert hits[0].label == 70
     assert [h.label for h in hits] == exact_top(vectors[60:], list(range(60, 100)), vectors[70], 5)

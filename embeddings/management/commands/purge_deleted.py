@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import CommandError, CommandParser
+from django.core.management.base import CommandParser
 
 from embeddings.maintenance import index_purge_deleted
 from namespaces.management.base import NamespaceCommand
-from namespaces.models import Tenant
 
 
 class Command(NamespaceCommand):
@@ -20,15 +19,11 @@ class Command(NamespaceCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         self.add_namespace_argument(parser)
-        parser.add_argument("--tenant", help="Only this tenant's partition (its slug); default: every tenant.")
+        self.add_tenant_argument(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
         namespace = self.namespace_named(options["namespace"])
-        tenant = None
-        if options["tenant"]:
-            tenant = Tenant.objects.filter(slug=options["tenant"]).first()
-            if tenant is None:
-                raise CommandError(f"Unknown tenant {options['tenant']!r}.")
+        tenant = self.tenant_option(options)
         report = index_purge_deleted(namespace=namespace, tenant=tenant)
         if not report.removed:
             self.stdout.write(f"{namespace.name}: no tenant has an index in the {report.store} store.")
