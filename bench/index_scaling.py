@@ -71,10 +71,35 @@ def _refresh_child(directory: str, dim: int, storage: str, ef_search: int, pipe:
     store = make_store(Path(directory), dim, storage, ef_search)
     store.count(tenant="t")  # opened, as a serving process holds it
     pipe.send("ready")
-    while pipe.recv() == "step":
+    while (message := pipe.recv())[0] == "step":
         started = time.perf_counter()
         count = store.count(tenant="t")  # maps only the new segment and live bitmaps
         pipe.send((time.perf_counter() - started, count))
+    for query in message[1]:  # then serve searches, and say what that costs in resident memory
+        store.search(tenant="t", query=query, k=10)
+    pipe.send(vm_rss_mb())
+
+
+def vm_rss_mb() -> float:
+    """Resident memory now: mapped index pages count once they are touched."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _ingest_child(
+    directory: str, dim: int, storage: str, ef_search: int, vectors: np.ndarray, first: int, stop: Any, done: Any
+) -> None:
+    """A writer process, as a Celery worker is beside gunicorn: steps of 256 until told to stop (background
+    merges on)."""
+    store = make_store(Path(directory), dim, storage, ef_search)
+    for offset in range(0, vectors.shape[0] - STEP + 1, STEP):
+        if stop.is_set():
+            break
+        labels = np.arange(first + offset, first + offset + STEP)
+        store.upsert(tenant="t", items=stored(labels, vectors[offset : offset + STEP]))
+        done.value += 1
 
 
 def timed(call: Any) -> float:
@@ -120,14 +145,12 @@ def disk_bytes(path: Path) -> int:
 def measure(size: int, dim: int, storage: str, args: argparse.Namespace, root: Path) -> Row:
     import faiss
 
-    from embeddings.stores.faiss import FaissStore
-
     row = Row(size, storage)
     figures = row.figures
     vectors = embedding_like_vectors(size, dim, seed=1)
     labels = np.arange(size, dtype=np.int64)
     queries = embedding_like_vectors(args.queries, dim, seed=2)
-    extra = embedding_like_vectors(STEP * (args.steps + 400), dim, seed=3)
+    extra = embedding_like_vectors(STEP * (args.steps + args.busy_steps), dim, seed=3)
 
     # Raw faiss: the same HNSW built in this process, the baseline.
     raw = faiss.index_factory(dim, "HNSW32,Flat", faiss.METRIC_INNER_PRODUCT)
@@ -187,11 +210,12 @@ def measure(size: int, dim: int, storage: str, args: argparse.Namespace, root: P
         written.append(
             sum((partition / name).stat().st_size for name in {f.name for f in partition.iterdir()} - before)
         )
-        parent.send("step")
+        parent.send(("step", None))
         seconds, count = parent.recv()
         assert count == store.count(tenant="t"), "the second process saw another commit"
         refresh.append(seconds)
-    parent.send("stop")
+    parent.send(("search", queries))
+    figures["serving process RSS MB"] = parent.recv()
     child.join(30)
     figures["step s (median)"] = float(np.median(step_times))
     figures["raw add s (median)"] = float(np.median(raw_times))
@@ -204,31 +228,48 @@ def measure(size: int, dim: int, storage: str, args: argparse.Namespace, root: P
     figures["segments unmerged"] = len(store.segments(tenant="t"))
     figures["unmerged p95 / raw"] = percentiles(unmerged)[1] / max(1e-9, figures["raw p95 ms"])
 
-    # While a writer ingests continuously (background merges on, as in a worker).
+    # While a writer ingests continuously: a thread of this process (the embedded mode) and another process (a
+    # Celery worker beside the web server); background merges on in the writer.
+    idle = percentiles(store_samples)[2]
+    figures["p99 idle ms"] = idle
     store.background_merges = True
-    FaissStore.background_merges = True
     stop = threading.Event()
     steps_done = [0]
+    busy_vectors = extra[args.steps * STEP :]
 
     def ingest() -> None:
-        offset = args.steps * STEP
         label = next_label
-        while not stop.is_set() and offset + STEP <= extra.shape[0]:
-            store.upsert(tenant="t", items=stored(np.arange(label, label + STEP), extra[offset : offset + STEP]))
-            offset += STEP
+        for offset in range(0, busy_vectors.shape[0] - STEP + 1, STEP):
+            if stop.is_set():
+                break
+            store.upsert(tenant="t", items=stored(np.arange(label, label + STEP), busy_vectors[offset : offset + STEP]))
             label += STEP
             steps_done[0] += 1
 
     writer = threading.Thread(target=ingest)
-    idle = percentiles(store_samples)[2]
     writer.start()
     busy, _ = latencies(store, np.concatenate([queries] * args.busy_rounds))
     stop.set()
     writer.join()
-    figures["p99 idle ms"] = idle
+    figures["in-process writer: p99, max ms"] = (percentiles(busy)[2], max(busy) * 1000)
+    figures["in-process writer: steps"] = steps_done[0]
+    store.background_merges = False
+
+    process_stop, process_done = context.Event(), context.Value("i", 0)
+    first = next_label + busy_vectors.shape[0]
+    other = context.Process(
+        target=_ingest_child,
+        args=(str(directory), dim, storage, args.ef_search, busy_vectors, first, process_stop, process_done),
+    )
+    other.start()
+    while process_done.value < 2:  # it is writing
+        time.sleep(0.01)
+    busy, _ = latencies(store, np.concatenate([queries] * args.busy_rounds))
+    process_stop.set()
+    other.join(120)
     figures["p99 while ingesting ms"] = percentiles(busy)[2]
     figures["max while ingesting ms"] = max(busy) * 1000
-    figures["steps during the busy phase"] = steps_done[0]
+    figures["writer-process steps"] = process_done.value
     figures["RSS MB (peak)"] = rss_mb()
     figures["disk MB"] = disk_bytes(partition) / 1e6
     figures["bytes/vector on disk"] = disk_bytes(partition) / store.count(tenant="t")
@@ -270,12 +311,13 @@ def main() -> None:
     parser.add_argument("--filter-queries", type=int, default=100)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--busy-rounds", type=int, default=2)
+    parser.add_argument("--busy-steps", type=int, default=400, help="steps of 256 the busy writers may write")
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for the test suite")
     args = parser.parse_args()
     if args.smoke:
         args.sizes, args.dim, args.storage = [3000, 6000], 64, ["float32", "sq8"]
-        args.queries, args.filter_queries, args.steps, args.busy_rounds = 60, 20, 4, 1
+        args.queries, args.filter_queries, args.steps, args.busy_rounds, args.busy_steps = 60, 20, 4, 1, 40
     import django
 
     django.setup()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import threading
 import uuid
@@ -54,7 +55,9 @@ MERGE_FLOOR = 256  # the smallest size class: an ingestion step
 MAX_DEAD_FRACTION = 0.3  # a segment with more dead slots than this is rewritten on its own
 RESCORE_FACTOR = 4  # compressed storage: candidates re-scored on the float32 vectors, per result asked
 FILTER_EXACT_FRACTION = 0.1  # a filter passing fewer of a segment's slots than this is answered by an exact scan
-BUILD_BATCH = 16_384  # vectors per faiss add() while building: large enough for its threads to share the work
+BUILD_BATCH = 16_384
+MERGE_THREADS = 1  # OpenMP threads of a background merge; explicit merges (merge_index, bootstrap) use them all
+MERGE_NICENESS = 10  # vectors per faiss add() while building: large enough for its threads to share the work
 STORAGE_FACTORY = {"float32": "Flat", "float16": "SQfp16", "sq8": "SQ8"}
 
 
@@ -134,13 +137,29 @@ class _Segment:
         return np.flatnonzero(mask)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Snapshot:
-    """What one commit names, opened: searches run on it while writers publish the next."""
+    """What one commit names, opened: searches run on it while writers publish the next. Never changed once
+    published, except for the lazily built block below."""
 
     identity: FileIdentity | None
     commit: seg.Commit
     segments: tuple[_Segment, ...]
+    _flat: tuple[np.ndarray, np.ndarray] | None = None
+
+    def flat_block(self) -> tuple[np.ndarray, np.ndarray]:
+        """The live vectors and labels of every flat (small) segment in one array: the steps written since the
+        last merge are scored by one matrix product, not one call each. Built once per snapshot."""
+        if self._flat is None:
+            flats = [segment for segment in self.segments if segment.entry.kind == "flat" and segment.alive_count]
+            dim = self.segments[0].vectors.shape[1] if self.segments else 0
+            vectors = [np.asarray(segment.vectors[segment.live_mask()]) for segment in flats]
+            labels = [segment.live_labels() for segment in flats]
+            self._flat = (
+                np.concatenate(vectors) if vectors else np.empty((0, dim), dtype=np.float32),
+                np.concatenate(labels) if labels else np.empty(0, dtype=np.int64),
+            )
+        return self._flat
 
     def by_name(self) -> dict[str, _Segment]:
         return {segment.name: segment for segment in self.segments}
@@ -486,6 +505,7 @@ class FaissStore(VectorStore):
             return
 
         def run() -> None:
+            _yield_to_searches()
             try:
                 while self.merge(tenant=tenant, blocking=False)[0]:
                     pass
@@ -679,8 +699,16 @@ class FaissStore(VectorStore):
         wanted = self._filter_tokens(filters) if filters else None
         scores: list[np.ndarray] = []
         labels: list[np.ndarray] = []
+        unfiltered = allowed is None and wanted is None
+        if unfiltered:
+            vectors, flat_labels = snapshot.flat_block()
+            if flat_labels.size:
+                flat_scores = vectors @ query[0]
+                best = np.argpartition(-flat_scores, k - 1)[:k] if flat_scores.size > k else slice(None)
+                scores.append(flat_scores[best])
+                labels.append(flat_labels[best])
         for segment in snapshot.segments:
-            if not segment.alive_count:
+            if not segment.alive_count or (unfiltered and segment.entry.kind == "flat"):
                 continue
             found = self._search_segment(segment, query, k, allowed, wanted)
             if found is not None:
@@ -781,6 +809,14 @@ class FaissStore(VectorStore):
             return False, f"FAISS_DATA_DIR is not writable: {error}"
         gpu, reason = faiss_gpu_status()
         return True, f"faiss {faiss.__version__}, {'GPU' if gpu else 'CPU'} ({reason})"
+
+
+def _yield_to_searches() -> None:
+    """A background merge builds on one OpenMP thread (the count is per calling thread) at a lower priority
+    (Linux nices threads one by one): searches of the same process keep a core and win the scheduler."""
+    faiss.omp_set_num_threads(MERGE_THREADS)
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MERGE_NICENESS)
 
 
 class _Moot(Exception):
