@@ -23,8 +23,7 @@ Files: `<FAISS_DATA_DIR>/<namespace>/<tenant>.faiss/`: commit.json, `<segment>.f
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -35,8 +34,6 @@ from django.conf import settings
 from core.errors import BackendError, DimensionMismatch, InvalidRequest
 from embeddings.stores import segments as seg
 from embeddings.stores.base import SearchHit, StoreConfig, StoredVector, VectorStore
-
-logger = logging.getLogger("medkg.embeddings.stores")
 
 DIRECTORY_SUFFIX = ".faiss"
 LEGACY_SUFFIX = ".faiss.npz"  # one whole-partition file per tenant, before segments; converted on first open
@@ -175,37 +172,14 @@ class FaissStore(seg.SegmentedStore[_Segment], VectorStore):
             {key: segment.tokens(key, slots) for key in self.config.filterable},
         )
 
-    # Writes
-
-    def upsert(self, *, tenant: str, items: Sequence[StoredVector]) -> int:
-        return self.bulk_load(tenant=tenant, chunks=[items])
-
-    def bulk_load(
-        self,
-        *,
-        tenant: str,
-        chunks: Iterable[Sequence[StoredVector]],
-        on_progress: Callable[[int], None] | None = None,
-    ) -> int:
-        """Stream every chunk into one new segment (built outside the write lock: readers and other writers go on),
-        then commit it, killing the older copies of its labels. Durable when it returns."""
-        builder = self._builder()
-        for chunk in chunks:
-            latest = {item.label: item for item in chunk}  # the same label twice in one call: the last one wins
-            if not latest:
-                continue
-            vectors = self.check_vectors(np.stack([item.vector for item in latest.values()]))
-            columns = {
-                key: [
-                    seg.metadata_token(item.metadata[key]) if key in item.metadata else seg.MISSING
-                    for item in latest.values()
-                ]
-                for key in self.config.filterable
-            }
-            builder.add(vectors, np.fromiter(latest.keys(), dtype=np.int64, count=len(latest)), columns)
-            if on_progress:
-                on_progress(len(latest))
-        return self._add_segment(tenant, builder)
+    def _add_items(self, builder: seg.SegmentBuilder, items: list[StoredVector]) -> None:
+        assert isinstance(builder, _SegmentBuilder)
+        vectors = self.check_vectors(np.stack([item.vector for item in items]))
+        columns = {
+            key: [seg.metadata_token(item.metadata[key]) if key in item.metadata else seg.MISSING for item in items]
+            for key in self.config.filterable
+        }
+        builder.add(vectors, np.fromiter((item.label for item in items), dtype=np.int64, count=len(items)), columns)
 
     def _convert_legacy(self, tenant: str) -> _Snapshot:
         """A partition written before segments (one `.faiss.npz` per tenant) becomes one segment, its graph kept."""
@@ -243,20 +217,9 @@ class FaissStore(seg.SegmentedStore[_Segment], VectorStore):
             return []
         allowed = None if allowed_labels is None else np.unique(np.asarray(allowed_labels, dtype=np.int64))
         wanted = self._filter_tokens(filters) if filters else None
-        scores: list[np.ndarray] = []
-        labels: list[np.ndarray] = []
-        for segment in snapshot.segments:
-            if not segment.alive_count:
-                continue
-            found = self._search_segment(segment, query, k, allowed, wanted)
-            if found is not None:
-                scores.append(found[0])
-                labels.append(found[1])
-        if not scores:
-            return []
-        all_scores, all_labels = np.concatenate(scores), np.concatenate(labels)
-        top = np.argsort(-all_scores, kind="stable")[:k]
-        return [SearchHit(int(all_labels[i]), float(all_scores[i])) for i in top]
+        return seg.best_hits(
+            snapshot.segments, lambda segment: self._search_segment(segment, query, k, allowed, wanted), k
+        )
 
     def _filter_tokens(self, filters: dict[str, Any]) -> dict[str, list[str]]:
         unknown = sorted(set(filters) - set(self.config.filterable))

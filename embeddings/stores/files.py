@@ -1,4 +1,5 @@
-"""File naming shared by the embedded stores (FAISS, impact index, Lucene): safe path components and file identity.
+"""What the embedded stores (FAISS, impact index, Lucene) share about files: safe path components, file identity and
+the data folder's readiness.
 
 A tenant or namespace name becomes a path component only through safe_component, so no name can escape the data
 folder; a reader notices that a file was replaced by its identity (inode, size, mtime).
@@ -6,6 +7,7 @@ folder; a reader notices that a file was replaced by its identity (inode, size, 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -29,3 +31,14 @@ def file_identity(path: Path) -> FileIdentity | None:
     except FileNotFoundError:
         return None
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def data_dir_writable(data_dir: Path) -> tuple[bool, str]:
+    """Whether the stores' data folder (FAISS_DATA_DIR) exists or can be made, and can be written; for readiness."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return False, f"FAISS_DATA_DIR is not writable: {error}"
+    if not os.access(data_dir, os.W_OK):
+        return False, f"FAISS_DATA_DIR {data_dir} is not writable"
+    return True, ""

@@ -19,8 +19,7 @@ A partition of one `<tenant>.impact.npz` file (before segments) is converted on 
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +30,7 @@ from django.conf import settings
 from core.errors import BackendError
 from embeddings.stores import segments as seg
 from embeddings.stores.base import SearchHit, SparseItem, SparseStore, SparseStoreConfig
+from embeddings.stores.files import data_dir_writable
 
 DIRECTORY_SUFFIX = ".impact"
 LEGACY_SUFFIX = ".impact.npz"  # one whole-partition file per tenant, before segments; converted on first open
@@ -186,6 +186,12 @@ class ImpactStore(seg.SegmentedStore[_Segment], SparseStore):
     def _builder(self) -> _SegmentBuilder:
         return _SegmentBuilder()
 
+    def _add_items(self, builder: seg.SegmentBuilder, items: list[SparseItem]) -> None:
+        assert isinstance(builder, _SegmentBuilder)
+        for item in items:
+            self.check_terms(item.terms)
+        builder.add_items(items)
+
     def _feed(self, builder: seg.SegmentBuilder, segment: _Segment, slots: np.ndarray) -> None:
         assert isinstance(builder, _SegmentBuilder)
         builder.add_rows(segment.rows[slots], segment.vocabulary, segment.labels[slots])
@@ -209,32 +215,6 @@ class ImpactStore(seg.SegmentedStore[_Segment], SparseStore):
             path.with_suffix(".lock").unlink()  # the old layout's flock file
         return snapshot
 
-    # Writes
-
-    def upsert(self, *, tenant: str, items: Sequence[SparseItem]) -> int:
-        return self.bulk_load(tenant=tenant, chunks=[items])
-
-    def bulk_load(
-        self,
-        *,
-        tenant: str,
-        chunks: Iterable[Sequence[SparseItem]],
-        on_progress: Callable[[int], None] | None = None,
-    ) -> int:
-        """Stream every chunk into one new segment, then commit it (killing the older copies of its labels).
-        Every weight is checked before anything is written. Durable when it returns."""
-        builder = self._builder()
-        for chunk in chunks:
-            latest = {item.label: item for item in chunk}  # the same label twice in one call: the last one wins
-            if not latest:
-                continue
-            for item in latest.values():
-                self.check_terms(item.terms)
-            builder.add_items(list(latest.values()))
-            if on_progress:
-                on_progress(len(latest))
-        return self._add_segment(tenant, builder)
-
     # Reads
 
     def search(
@@ -252,24 +232,10 @@ class ImpactStore(seg.SegmentedStore[_Segment], SparseStore):
         if snapshot is None or k <= 0:
             return []
         allowed = None if allowed_labels is None else np.unique(np.asarray(list(allowed_labels), dtype=np.int64))
-        scores: list[np.ndarray] = []
-        labels: list[np.ndarray] = []
-        for segment in snapshot.segments:
-            found = segment.top(query_terms, k, allowed) if segment.alive_count else None
-            if found is not None:
-                scores.append(found[0])
-                labels.append(found[1])
-        if not scores:
-            return []
-        all_scores, all_labels = np.concatenate(scores), np.concatenate(labels)
-        order = np.lexsort((all_labels, -all_scores))[:k]  # ties: the lower label first
-        return [SearchHit(int(all_labels[i]), float(all_scores[i])) for i in order]
+        return seg.best_hits(
+            snapshot.segments, lambda segment: segment.top(query_terms, k, allowed), k, ties_by_label=True
+        )
 
     def readiness(self) -> tuple[bool, str]:
-        try:
-            self.directory.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            return False, f"FAISS_DATA_DIR is not writable: {error}"
-        if not os.access(self.directory.parent, os.W_OK):
-            return False, f"FAISS_DATA_DIR {self.directory.parent} is not writable"
-        return True, "embedded impact index (scipy)"
+        writable, reason = data_dir_writable(self.directory.parent)
+        return (True, "embedded impact index (scipy)") if writable else (False, reason)

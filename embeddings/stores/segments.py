@@ -35,7 +35,7 @@ import numpy as np
 
 from core.errors import BackendError
 from core.logging import log_event
-from embeddings.stores.base import StoreStats
+from embeddings.stores.base import SearchHit, StoreStats
 from embeddings.stores.files import FileIdentity, file_identity, safe_component
 
 logger = logging.getLogger("medkg.embeddings.stores")
@@ -426,6 +426,10 @@ class SegmentedStore(ABC, Generic[S]):
     def _builder(self) -> SegmentBuilder: ...
 
     @abstractmethod
+    def _add_items(self, builder: SegmentBuilder, items: list[Any]) -> None:
+        """Check one chunk of upserted items (vectors, term weights) and add them to `builder`; labels unique."""
+
+    @abstractmethod
     def _feed(self, builder: SegmentBuilder, segment: S, slots: np.ndarray) -> None:
         """Add `segment`'s entries at `slots` (live ones, in order) to `builder`: how a merge copies them."""
 
@@ -616,6 +620,29 @@ class SegmentedStore(ABC, Generic[S]):
         return {name: slots for name, slots in found.items() if slots.size}
 
     # Writes
+
+    def upsert(self, *, tenant: str, items: Sequence[Any]) -> int:
+        return self.bulk_load(tenant=tenant, chunks=[items])
+
+    def bulk_load(
+        self,
+        *,
+        tenant: str,
+        chunks: Iterable[Sequence[Any]],
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream every chunk into one new segment (built outside the write lock: readers and other writers go on),
+        then commit it, killing the older copies of its labels. Every chunk is checked before anything is written.
+        Durable when it returns."""
+        builder = self._builder()
+        for chunk in chunks:
+            latest = list({item.label: item for item in chunk}.values())  # the same label twice: the last one wins
+            if not latest:
+                continue
+            self._add_items(builder, latest)
+            if on_progress:
+                on_progress(len(latest))
+        return self._add_segment(tenant, builder)
 
     def _add_segment(self, tenant: str, builder: SegmentBuilder) -> int:
         """Write what `builder` holds as a new segment (outside the write lock: readers and other writers go on),
@@ -810,6 +837,30 @@ class SegmentedStore(ABC, Generic[S]):
                 )
             )
         return result
+
+
+def best_hits(
+    segments: Sequence[S],
+    search: Callable[[S], tuple[np.ndarray, np.ndarray] | None],
+    k: int,
+    *,
+    ties_by_label: bool = False,
+) -> list[SearchHit]:
+    """The k best of what `search` finds (scores, labels) in each segment with live entries, best first; equal
+    scores in the order found, or the lower label first."""
+    scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for segment in segments:
+        found = search(segment) if segment.alive_count else None
+        if found is not None:
+            scores.append(found[0])
+            labels.append(found[1])
+    if not scores:
+        return []
+    all_scores, all_labels = np.concatenate(scores), np.concatenate(labels)
+    order = np.lexsort((all_labels, -all_scores)) if ties_by_label else np.argsort(-all_scores, kind="stable")
+    top = order[:k]
+    return [SearchHit(int(all_labels[i]), float(all_scores[i])) for i in top]
 
 
 def _write_live(directory: Path, entry: SegmentEntry, live: np.ndarray, generation: int) -> SegmentEntry:

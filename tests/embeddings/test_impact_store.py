@@ -19,6 +19,7 @@ from core.errors import BackendError, DimensionMismatch
 from embeddings.stores import impact as impact_store
 from embeddings.stores.base import SparseItem, SparseStoreConfig
 from embeddings.stores.impact import ImpactStore
+from tests.embeddings.test_faiss_segments import expected_after  # the same batches: the same live labels
 
 VOCABULARY = [f"term{i}" for i in range(300)] + ["u.s.", "...", "##.", "café"]
 
@@ -464,13 +465,6 @@ def _ingest_forever(path: str, journal: str) -> None:
             os.fsync(log.fileno())
             store.merge(tenant="a")
             batch += 1
-
-
-def expected_after(batch: int) -> set[int]:
-    labels = set(range((batch + 1) * 40))
-    for done in range(2, batch + 1):
-        labels -= set(range((done - 2) * 40, (done - 2) * 40 + 5))
-    return labels
 
 
 def test_a_writer_killed_during_steps_and_merges_loses_nothing_accepted_and_duplicates_nothing(
