@@ -102,7 +102,89 @@ class _Segment(seg.Segment):
 _Snapshot = seg.Snapshot[_Segment]
 
 
-class FaissStore(seg.SegmentedStore[_Segment], VectorStore):
+def _stage(directory: Path, index: Any, kind: str, labels: np.ndarray, vectors: np.ndarray | None) -> seg.Built:
+    """Write a segment's files under temporary names: no commit names it yet, no cleanup takes it."""
+
+    def write_index(handle: IO[bytes]) -> None:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]  # streamed
+
+    writers: dict[str, Callable[[IO[bytes]], object]] = {".faiss": write_index}
+    if vectors is not None:
+        writers[".vectors.npy"] = lambda handle: np.save(handle, vectors, allow_pickle=False)
+    return seg.stage(directory, kind, labels, writers)
+
+
+def _flat_vectors(index: Any) -> np.ndarray:
+    """A zero-copy (mapped) view of a float32 flat storage's vectors: exact search and merges read them there."""
+    flat = faiss.downcast_index(index.storage if hasattr(index, "storage") else index)
+    count, dim = flat.ntotal, flat.d
+    if count == 0:
+        return np.empty((0, dim), dtype=np.float32)
+    return faiss.rev_swig_ptr(flat.get_xb(), count * dim).reshape(count, dim)  # type: ignore[attr-defined]
+
+
+class _SegmentBuilder:
+    """Vectors streamed into one new segment: flat while small, an HNSW graph once past the exact-search size."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self.count = 0
+        self.duplicates = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_count = 0
+        self._labels: list[np.ndarray] = []
+        self._index: Any = None
+        self._raw: list[np.ndarray] = []  # float32 copies for compressed storage's `.vectors.npy`
+        self._columns: dict[str, list[str]] = {key: [] for key in config.filterable}
+
+    def add(self, vectors: np.ndarray, labels: np.ndarray, columns: dict[str, list[str]] | None = None) -> None:
+        for key, tokens in self._columns.items():
+            tokens.extend((columns or {}).get(key) or [seg.MISSING] * int(labels.size))
+        self._labels.append(labels)
+        self.count += labels.size
+        self._pending.append(vectors)
+        self._pending_count += labels.size
+        if self.count > EXACT_SEARCH_MAX_CANDIDATES and self._pending_count >= BUILD_BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch = np.ascontiguousarray(np.concatenate(self._pending), dtype=np.float32)
+        self._pending, self._pending_count = [], 0
+        if self._index is None:
+            storage = STORAGE_FACTORY[self.config.storage]
+            self._index = faiss.index_factory(
+                self.config.dim, f"HNSW{self.config.hnsw_m},{storage}", faiss.METRIC_INNER_PRODUCT
+            )
+            hnsw = faiss.downcast_index(self._index)
+            hnsw.hnsw.efConstruction = self.config.ef_construction  # type: ignore[attr-defined]
+            if not self._index.is_trained:
+                self._index.train(batch)  # scalar quantizer ranges from the first batch
+        if self.config.storage != "float32":
+            self._raw.append(batch)
+        self._index.add(batch)
+
+    def write(self, directory: Path) -> seg.Built:
+        """Write the segment's files (named by no commit yet) and return what the commit needs."""
+        labels = np.concatenate(self._labels).astype(np.int64)
+        if self._index is None and self.count <= EXACT_SEARCH_MAX_CANDIDATES:
+            index = faiss.IndexFlatIP(self.config.dim)
+            index.add(np.ascontiguousarray(np.concatenate(self._pending), dtype=np.float32))
+            built = _stage(directory, index, "flat", labels, None)
+        else:
+            self._flush()
+            vectors = np.concatenate(self._raw) if self._raw else None
+            built = _stage(directory, self._index, "hnsw", labels, vectors)
+        if self._columns:
+            staged = f"{seg.temporary_prefix()}{built.entry.name}.meta.npz"
+            seg.write_columns(directory, staged, self._columns)
+            built.staged[staged] = f"{built.entry.name}.meta.npz"
+        self.duplicates = built.kill_replaced_in_itself()
+        return built
+
+
+class FaissStore(seg.SegmentedStore[_Segment, _SegmentBuilder], VectorStore):
     directory_suffix = DIRECTORY_SUFFIX
     legacy_suffix = LEGACY_SUFFIX
     segment_suffixes = (".faiss", ".vectors.npy", ".meta.npz")
@@ -164,16 +246,14 @@ class FaissStore(seg.SegmentedStore[_Segment], VectorStore):
     def _builder(self) -> _SegmentBuilder:
         return _SegmentBuilder(self.config)
 
-    def _feed(self, builder: seg.SegmentBuilder, segment: _Segment, slots: np.ndarray) -> None:
-        assert isinstance(builder, _SegmentBuilder)
+    def _feed(self, builder: _SegmentBuilder, segment: _Segment, slots: np.ndarray) -> None:
         builder.add(
             np.ascontiguousarray(segment.vectors[slots], dtype=np.float32),
             segment.labels[slots],
             {key: segment.tokens(key, slots) for key in self.config.filterable},
         )
 
-    def _add_items(self, builder: seg.SegmentBuilder, items: list[StoredVector]) -> None:
-        assert isinstance(builder, _SegmentBuilder)
+    def _add_items(self, builder: _SegmentBuilder, items: list[StoredVector]) -> None:
         vectors = self.check_vectors(np.stack([item.vector for item in items]))
         columns = {
             key: [seg.metadata_token(item.metadata[key]) if key in item.metadata else seg.MISSING for item in items]
@@ -310,85 +390,3 @@ class FaissStore(seg.SegmentedStore[_Segment], VectorStore):
             return False, f"FAISS_DATA_DIR is not writable: {error}"
         gpu, reason = faiss_gpu_status()
         return True, f"faiss {faiss.__version__}, {'GPU' if gpu else 'CPU'} ({reason})"
-
-
-def _stage(directory: Path, index: Any, kind: str, labels: np.ndarray, vectors: np.ndarray | None) -> seg.Built:
-    """Write a segment's files under temporary names: no commit names it yet, no cleanup takes it."""
-
-    def write_index(handle: IO[bytes]) -> None:
-        faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))  # type: ignore[attr-defined]  # streamed
-
-    writers: dict[str, Callable[[IO[bytes]], object]] = {".faiss": write_index}
-    if vectors is not None:
-        writers[".vectors.npy"] = lambda handle: np.save(handle, vectors, allow_pickle=False)
-    return seg.stage(directory, kind, labels, writers)
-
-
-def _flat_vectors(index: Any) -> np.ndarray:
-    """A zero-copy (mapped) view of a float32 flat storage's vectors: exact search and merges read them there."""
-    flat = faiss.downcast_index(index.storage if hasattr(index, "storage") else index)
-    count, dim = flat.ntotal, flat.d
-    if count == 0:
-        return np.empty((0, dim), dtype=np.float32)
-    return faiss.rev_swig_ptr(flat.get_xb(), count * dim).reshape(count, dim)  # type: ignore[attr-defined]
-
-
-class _SegmentBuilder:
-    """Vectors streamed into one new segment: flat while small, an HNSW graph once past the exact-search size."""
-
-    def __init__(self, config: StoreConfig) -> None:
-        self.config = config
-        self.count = 0
-        self.duplicates = 0
-        self._pending: list[np.ndarray] = []
-        self._pending_count = 0
-        self._labels: list[np.ndarray] = []
-        self._index: Any = None
-        self._raw: list[np.ndarray] = []  # float32 copies for compressed storage's `.vectors.npy`
-        self._columns: dict[str, list[str]] = {key: [] for key in config.filterable}
-
-    def add(self, vectors: np.ndarray, labels: np.ndarray, columns: dict[str, list[str]] | None = None) -> None:
-        for key, tokens in self._columns.items():
-            tokens.extend((columns or {}).get(key) or [seg.MISSING] * int(labels.size))
-        self._labels.append(labels)
-        self.count += labels.size
-        self._pending.append(vectors)
-        self._pending_count += labels.size
-        if self.count > EXACT_SEARCH_MAX_CANDIDATES and self._pending_count >= BUILD_BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        batch = np.ascontiguousarray(np.concatenate(self._pending), dtype=np.float32)
-        self._pending, self._pending_count = [], 0
-        if self._index is None:
-            storage = STORAGE_FACTORY[self.config.storage]
-            self._index = faiss.index_factory(
-                self.config.dim, f"HNSW{self.config.hnsw_m},{storage}", faiss.METRIC_INNER_PRODUCT
-            )
-            hnsw = faiss.downcast_index(self._index)
-            hnsw.hnsw.efConstruction = self.config.ef_construction  # type: ignore[attr-defined]
-            if not self._index.is_trained:
-                self._index.train(batch)  # scalar quantizer ranges from the first batch
-        if self.config.storage != "float32":
-            self._raw.append(batch)
-        self._index.add(batch)
-
-    def write(self, directory: Path) -> seg.Built:
-        """Write the segment's files (named by no commit yet) and return what the commit needs."""
-        labels = np.concatenate(self._labels).astype(np.int64)
-        if self._index is None and self.count <= EXACT_SEARCH_MAX_CANDIDATES:
-            index = faiss.IndexFlatIP(self.config.dim)
-            index.add(np.ascontiguousarray(np.concatenate(self._pending), dtype=np.float32))
-            built = _stage(directory, index, "flat", labels, None)
-        else:
-            self._flush()
-            vectors = np.concatenate(self._raw) if self._raw else None
-            built = _stage(directory, self._index, "hnsw", labels, vectors)
-        if self._columns:
-            staged = f"{seg.temporary_prefix()}{built.entry.name}.meta.npz"
-            seg.write_columns(directory, staged, self._columns)
-            built.staged[staged] = f"{built.entry.name}.meta.npz"
-        self.duplicates = built.kill_replaced_in_itself()
-        return built

@@ -148,7 +148,7 @@ def _stage(
     return seg.stage(directory, SEGMENT_KIND, labels, {ROWS_SUFFIX: write})
 
 
-class ImpactStore(seg.SegmentedStore[_Segment], SparseStore):
+class ImpactStore(seg.SegmentedStore[_Segment, _SegmentBuilder], SparseStore):
     directory_suffix = DIRECTORY_SUFFIX
     legacy_suffix = LEGACY_SUFFIX
     segment_suffixes = (ROWS_SUFFIX,)
@@ -186,14 +186,12 @@ class ImpactStore(seg.SegmentedStore[_Segment], SparseStore):
     def _builder(self) -> _SegmentBuilder:
         return _SegmentBuilder()
 
-    def _add_items(self, builder: seg.SegmentBuilder, items: list[SparseItem]) -> None:
-        assert isinstance(builder, _SegmentBuilder)
+    def _add_items(self, builder: _SegmentBuilder, items: list[SparseItem]) -> None:
         for item in items:
             self.check_terms(item.terms)
         builder.add_items(items)
 
-    def _feed(self, builder: seg.SegmentBuilder, segment: _Segment, slots: np.ndarray) -> None:
-        assert isinstance(builder, _SegmentBuilder)
+    def _feed(self, builder: _SegmentBuilder, segment: _Segment, slots: np.ndarray) -> None:
         builder.add_rows(segment.rows[slots], segment.vocabulary, segment.labels[slots])
 
     def _convert_legacy(self, tenant: str) -> seg.Snapshot[_Segment]:

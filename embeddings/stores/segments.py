@@ -384,6 +384,9 @@ class SegmentBuilder(Protocol):
     def write(self, directory: Path) -> Built: ...
 
 
+B = TypeVar("B", bound=SegmentBuilder)
+
+
 @dataclass
 class Partition(Generic[S]):
     """Per tenant, per process: the published snapshot and the locks around changing it."""
@@ -398,7 +401,7 @@ class _Moot(Exception):
     """A merge whose sources another writer removed."""
 
 
-class SegmentedStore(ABC, Generic[S]):
+class SegmentedStore(ABC, Generic[S, B]):
     """Per (namespace, tenant) a folder of immutable segments named by a commit point: writes of their own size,
     lock-free snapshot readers, tiered background merges, purge and optimize. The store (a subclass, mixed with its
     IndexStore interface) says how a segment is opened, built, fed from an older one and searched."""
@@ -423,14 +426,14 @@ class SegmentedStore(ABC, Generic[S]):
         """Open a segment not opened before (ValueError when its files do not match `entry`)."""
 
     @abstractmethod
-    def _builder(self) -> SegmentBuilder: ...
+    def _builder(self) -> B: ...
 
     @abstractmethod
-    def _add_items(self, builder: SegmentBuilder, items: list[Any]) -> None:
+    def _add_items(self, builder: B, items: list[Any]) -> None:
         """Check one chunk of upserted items (vectors, term weights) and add them to `builder`; labels unique."""
 
     @abstractmethod
-    def _feed(self, builder: SegmentBuilder, segment: S, slots: np.ndarray) -> None:
+    def _feed(self, builder: B, segment: S, slots: np.ndarray) -> None:
         """Add `segment`'s entries at `slots` (live ones, in order) to `builder`: how a merge copies them."""
 
     @abstractmethod
@@ -644,7 +647,7 @@ class SegmentedStore(ABC, Generic[S]):
                 on_progress(len(latest))
         return self._add_segment(tenant, builder)
 
-    def _add_segment(self, tenant: str, builder: SegmentBuilder) -> int:
+    def _add_segment(self, tenant: str, builder: B) -> int:
         """Write what `builder` holds as a new segment (outside the write lock: readers and other writers go on),
         then commit it, killing the older copies of its labels. Returns how many entries it holds alive."""
         if builder.count == 0:
