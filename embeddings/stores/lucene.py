@@ -30,6 +30,7 @@ from django.conf import settings
 from core.errors import BackendError, MedkgError
 from core.logging import log_event
 from embeddings.stores.base import SearchHit, SparseItem, SparseStore, SparseStoreConfig, StoreStats
+from embeddings.stores.files import data_dir_writable
 from embeddings.stores.files import safe_component as _safe_component
 from embeddings.stores.pyserini_runtime import english_analyzer, java_class, java_error, jvm_status
 from namespaces.config import pyserini_config
@@ -355,10 +356,7 @@ class LuceneStore(SparseStore):
         ready, detail = jvm_status()  # never starts the JVM
         if not ready:
             return False, detail
-        try:
-            self.directory.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            return False, f"FAISS_DATA_DIR is not writable: {error}"
-        if not os.access(self.directory.parent, os.W_OK):
-            return False, f"FAISS_DATA_DIR {self.directory.parent} is not writable"
+        writable, reason = data_dir_writable(self.directory.parent)
+        if not writable:
+            return False, reason
         return True, f"Lucene BM25 k1={self.k1} b={self.b}; {detail}"

@@ -1,10 +1,12 @@
-"""The embedded impact index (sparse store) on its own: real scipy postings on disk, random term weights (no model)."""
+"""The embedded impact index (sparse store) on its own: real scipy postings in segments on disk, random term weights
+(no model): scores, isolation, writes of their own size, snapshot readers, merges, purge, legacy files, crashes."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -14,15 +16,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.errors import BackendError, DimensionMismatch
-from embeddings.stores import files as partition_files
+from embeddings.stores import impact as impact_store
 from embeddings.stores.base import SparseItem, SparseStoreConfig
 from embeddings.stores.impact import ImpactStore
+from tests.embeddings.test_faiss_segments import expected_after  # the same batches: the same live labels
 
 VOCABULARY = [f"term{i}" for i in range(300)] + ["u.s.", "...", "##.", "café"]
 
 
-def make_store(path: Path) -> ImpactStore:
-    return ImpactStore(SparseStoreConfig(namespace="sparse.test.auto.v1", backend="impact"), path)
+def make_store(path: Path, *, merges: bool = True) -> ImpactStore:
+    store = ImpactStore(SparseStoreConfig(namespace="sparse.test.auto.v1", backend="impact"), path)
+    store.background_merges = merges
+    return store
+
+
+def files(store: ImpactStore, tenant: str = "a") -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in store.path_for(tenant).iterdir()}
+
+
+def raw_bytes(store: ImpactStore, tenant: str = "a") -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(store.path_for(tenant).iterdir()))
+
+
+def stored_labels(store: ImpactStore, tenant: str = "a") -> list[int]:
+    """Every label the partition's segment files hold, dead ones included."""
+    return sorted(label for path in store.path_for(tenant).glob("*.labels.npy") for label in np.load(path).tolist())
 
 
 def random_terms(rng: np.random.Generator, count: int, width: int = 30) -> list[dict[str, float]]:
@@ -154,7 +172,7 @@ def test_a_writer_killed_mid_write_leaves_the_last_complete_file(tmp_path: Path)
         assert hits and all(hit.label in labels for hit in hits)
         store.drop(tenant="a")
     # Temporary files of killed writers are never mistaken for partitions.
-    assert make_store(tmp_path).files.tenants() == []
+    assert make_store(tmp_path).tenants() == []
 
 
 def test_concurrent_writers_in_separate_processes_lose_nothing(tmp_path: Path) -> None:
@@ -178,22 +196,23 @@ def _write_batches(path: str, start: int) -> None:
 def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     store.upsert(tenant="a", items=[SparseItem(1, {"x": 1.0})])
-    store.files.path_for("a").write_bytes(b"not an npz")
+    next(store.path_for("a").glob("*.rows.npz")).write_bytes(b"not an npz")
     with pytest.raises(BackendError, match="rebuild_index"):
         make_store(tmp_path).count(tenant="a")
 
 
-def test_tombstones_are_compacted_and_results_stay_right(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(partition_files, "COMPACT_MIN_TOMBSTONES", 10)
+def test_a_segment_past_the_dead_fraction_is_rewritten_and_results_stay_right(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    store = make_store(tmp_path)
+    store = make_store(tmp_path, merges=False)
     weights = random_terms(rng, 100)
     store.upsert(tenant="a", items=items(range(100), weights))
     store.delete(tenant="a", labels=list(range(0, 60)))
-    partition = store.files.current("a", create=False)
-    assert partition is not None and partition.tombstones == 0 and partition.labels.size == 40  # compacted
+    assert store.merge(tenant="a") == (1, 60)  # the policy picks the segment past MAX_DEAD_FRACTION on its own
+    (segment,) = store.segments(tenant="a")
+    assert segment.slots == 40 and segment.dead == 0 and stored_labels(store) == list(range(60, 100))
     documents = dict(zip(range(60, 100), weights[60:], strict=True))
-    assert len(partition.vocabulary) == len({term for terms in documents.values() for term in terms})
+    with np.load(store.path_for("a") / f"{segment.name}.rows.npz") as stored:  # terms only the dead had left too
+        assert set(stored["terms"].tolist()) == {term for terms in documents.values() for term in terms}
     for query in random_terms(rng, 5, width=10):
         assert_same_ranking(
             make_store(tmp_path).search(tenant="a", query_terms=query, query_text="", k=7), exact(documents, query, 7)
@@ -208,7 +227,7 @@ def test_drop_removes_one_tenant_or_all(tmp_path: Path) -> None:
     assert store.count(tenant="a") == 0 and store.count(tenant="b") == 1
     assert [stats.tenant for stats in store.stats()] == ["b"]
     store.drop()
-    assert store.count(tenant="b") == 0 and not store.files.directory.exists()
+    assert store.count(tenant="b") == 0 and not store.directory.exists()
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -247,23 +266,232 @@ def test_store_matches_a_model_of_live_documents_per_tenant(
         )
 
 
-def test_purge_takes_deleted_postings_out_of_the_partition_file(tmp_path: Path) -> None:
-    """Tombstones wait for compaction (past a quarter of the partition); purge removes them whatever their number."""
+def test_purge_takes_deleted_postings_out_of_the_partition_files(tmp_path: Path) -> None:
+    """Dead documents wait for a merge of their segment; purge removes them whatever their number."""
     rng = np.random.default_rng(7)
     weights = random_terms(rng, 100)
-    store = make_store(tmp_path)
+    store = make_store(tmp_path, merges=False)
     store.upsert(tenant="a", items=items(range(100), weights))
     store.upsert(tenant="b", items=items([5], weights[:1]))
     store.delete(tenant="a", labels=[3, 40])
-    b_before = store.path_for("b").read_bytes()
+    b_before = {path.name: path.read_bytes() for path in store.path_for("b").iterdir()}
     assert store.stats()[0].tombstones == 2
-    with np.load(store.path_for("a")) as stored:
-        assert {3, 40} <= set(stored["labels"].tolist())  # hidden from search, still in the file
+    assert {3, 40} <= set(stored_labels(store))  # hidden from search, still in the files
     assert store.purge(tenant="a") == 2
-    with np.load(store.path_for("a")) as stored:
-        assert not {3, 40} & set(stored["labels"].tolist()) and stored["labels"].size == 98
+    assert stored_labels(store) == sorted(set(range(100)) - {3, 40})
     documents = {label: terms for label, terms in zip(range(100), weights, strict=True) if label not in (3, 40)}
     query = weights[3]
     assert_same_ranking(store.search(tenant="a", query_terms=query, query_text="", k=10), exact(documents, query, 10))
     assert store.purge(tenant="a") == 0 and store.purge(tenant="nobody") == 0
-    assert store.path_for("b").read_bytes() == b_before
+    assert {path.name: path.read_bytes() for path in store.path_for("b").iterdir()} == b_before
+
+
+def test_purge_removes_a_deleted_documents_terms_from_every_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    store = make_store(tmp_path, merges=False)
+    store.upsert(tenant="a", items=items(range(200), random_terms(rng, 200)))
+    secret = SparseItem(777_777, {"secretterm": 2.7182817, "term1": 1.0})
+    store.upsert(tenant="a", items=[secret])
+    store.upsert(tenant="a", items=items(range(200, 300), random_terms(rng, 100)))
+    store.upsert(tenant="a", items=[SparseItem(5, {"term2": 1.0})])  # a replacement: one more dead slot
+    term, weight, label = (
+        "secretterm".encode("utf-32-le"),
+        np.float32(2.7182817).tobytes(),
+        np.int64(777_777).tobytes(),
+    )
+    assert term in raw_bytes(store) and weight in raw_bytes(store)
+    store.delete(tenant="a", labels=[777_777])
+    assert term in raw_bytes(store) and label in raw_bytes(store)  # a delete only marks the slot dead
+    assert store.purge(tenant="a") == 2
+    raw = raw_bytes(store)
+    assert term not in raw and weight not in raw and label not in raw
+    assert all(segment.dead == 0 for segment in store.segments(tenant="a"))
+    assert store.labels(tenant="a") == set(range(300)) == set(stored_labels(store))
+    assert store.search(tenant="a", query_terms={"secretterm": 1.0}, query_text="", k=5) == []
+
+
+def test_a_step_writes_only_its_own_segment_and_never_rewrites_older_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    store = make_store(tmp_path, merges=False)
+    store.upsert(tenant="a", items=items(range(5000), random_terms(rng, 5000)))
+    before = files(store)
+    big = sum((store.path_for("a") / name).stat().st_size for name in before)
+    store.upsert(tenant="a", items=items(range(5000, 5050), random_terms(rng, 50)))
+    store.upsert(tenant="a", items=[SparseItem(10, {"fresh": 1.0})])  # replaces a document of the big segment
+    after = files(store)
+    unchanged = {name: identity for name, identity in before.items() if name != "commit.json"}
+    assert all(after.get(name) == identity for name, identity in unchanged.items() if not name.endswith(".lock"))
+    new = set(after) - set(before)
+    written = sum((store.path_for("a") / name).stat().st_size for name in new)
+    # The steps' own postings, terms and labels, and one live bitmap of 5000 bits: not the partition again.
+    assert written < big / 20
+    assert any(".live-" in name for name in new)
+    assert store.count(tenant="a") == 5050 and len(store.segments(tenant="a")) == 3
+    assert [hit.label for hit in store.search(tenant="a", query_terms={"fresh": 1.0}, query_text="", k=5)] == [10]
+    assert 10 not in {hit.label for hit in store.search(tenant="a", query_terms={"term1": 1.0}, query_text="", k=5000)}
+
+
+def test_a_reader_in_another_instance_opens_only_the_new_segment(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    writer, reader = make_store(tmp_path, merges=False), make_store(tmp_path, merges=False)
+    writer.upsert(tenant="a", items=items(range(2000), random_terms(rng, 2000)))
+    assert reader.count(tenant="a") == 2000
+    big = reader._snapshot("a").segments[0]  # type: ignore[union-attr]
+    writer.upsert(tenant="a", items=[SparseItem(99_999, {"fresh": 1.0})])
+    writer.delete(tenant="a", labels=[7])
+    assert reader.search(tenant="a", query_terms={"fresh": 1.0}, query_text="", k=1)[0].label == 99_999
+    snapshot = reader._snapshot("a")
+    assert snapshot is not None and snapshot.segments[0].postings is big.postings  # kept, not reloaded
+    assert reader.labels(tenant="a") == (set(range(2000)) - {7}) | {99_999}
+
+
+def test_searches_do_not_wait_for_a_writer_holding_the_partition(tmp_path: Path) -> None:
+    store = make_store(tmp_path, merges=False)
+    store.upsert(tenant="a", items=[SparseItem(1, {"x": 1.0}), SparseItem(2, {"y": 1.0})])
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store._writing("a"):
+            held.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=hold)
+    writer.start()
+    assert held.wait(5)
+    started = time.monotonic()
+    assert store.search(tenant="a", query_terms={"x": 1.0}, query_text="", k=1)[0].label == 1
+    assert make_store(tmp_path).search(tenant="a", query_terms={"y": 1.0}, query_text="", k=1)[0].label == 2
+    assert time.monotonic() - started < 2
+    release.set()
+    writer.join()
+
+
+def test_tiered_merges_keep_every_label_once_and_carry_deletes_made_while_merging(tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    store = make_store(tmp_path, merges=False)
+    weights = random_terms(rng, 3000)
+    for start in range(0, 3000, 300):
+        store.upsert(tenant="a", items=items(range(start, start + 300), weights[start : start + 300]))
+    assert len(store.segments(tenant="a")) == impact_store.MERGE_FACTOR
+    other = make_store(tmp_path, merges=False)
+
+    def plan_then_delete(snapshot: object) -> list[str]:
+        names = store._merge_plan(snapshot)  # type: ignore[arg-type]
+        other.delete(tenant="a", labels=[7, 2500])  # committed after the merge took its snapshot
+        return names
+
+    assert store.merge(tenant="a", choose=plan_then_delete)[0] == 10
+    (merged,) = store.segments(tenant="a")
+    assert merged.slots == 3000 and merged.dead == 2
+    live = set(range(3000)) - {7, 2500}
+    assert store.labels(tenant="a") == live == make_store(tmp_path).labels(tenant="a")
+    documents = {label: weights[label] for label in live}
+    for query in [weights[7], weights[2500], *random_terms(rng, 3, width=10)]:
+        assert_same_ranking(
+            store.search(tenant="a", query_terms=query, query_text="", k=20), exact(documents, query, 20)
+        )
+
+
+def test_background_merges_bound_the_segment_count(tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    store = make_store(tmp_path)
+    for start in range(0, 40 * 20, 20):
+        store.upsert(tenant="a", items=items(range(start, start + 20), random_terms(rng, 20, width=5)))
+    deadline = time.monotonic() + 30
+    while len(store.segments(tenant="a")) >= impact_store.MERGE_FACTOR and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(store.segments(tenant="a")) < impact_store.MERGE_FACTOR
+    assert store.labels(tenant="a") == set(range(800)) and store.count(tenant="a") == 800
+
+
+def test_equal_scores_in_different_segments_rank_the_lower_label_first(tmp_path: Path) -> None:
+    store = make_store(tmp_path, merges=False)
+    store.upsert(tenant="a", items=[SparseItem(label, {"x": 1.0}) for label in (9, 4, 6)])
+    store.upsert(tenant="a", items=[SparseItem(label, {"x": 1.0}) for label in (8, 1, 5)])
+    hits = store.search(tenant="a", query_terms={"x": 1.0}, query_text="", k=4)
+    assert [hit.label for hit in hits] == [1, 4, 5, 6]
+
+
+def test_a_partition_written_before_segments_is_converted_keeping_its_dead_slots(tmp_path: Path) -> None:
+    vocabulary = np.asarray(["x", "y", "café"], dtype=np.str_)
+    rows = [{0: 1.0}, {0: 2.0, 1: 1.0}, {2: 3.0}, {0: 4.0}]  # label 103 (the last row) is dead
+    indptr = np.cumsum([0] + [len(row) for row in rows])
+    folder = tmp_path / "sparse.test.auto.v1"
+    folder.mkdir()
+    header = np.frombuffer(b'{"format": 1, "namespace": "sparse.test.auto.v1", "tenant": "a"}', dtype=np.uint8)
+    with open(folder / "a.impact.npz", "wb") as handle:
+        np.savez(
+            handle,
+            header=header,
+            data=np.asarray([w for row in rows for w in row.values()], dtype=np.float32),
+            indices=np.asarray([c for row in rows for c in row], dtype=np.int32),
+            indptr=indptr.astype(np.int64),
+            labels=np.arange(100, 104),
+            alive=np.asarray([True, True, True, False]),
+            vocabulary=vocabulary,
+        )
+    (folder / "a.impact.lock").touch()
+    store = make_store(tmp_path)
+    assert store.tenants() == ["a"]
+    assert store.labels(tenant="a") == {100, 101, 102}
+    hits = store.search(tenant="a", query_terms={"x": 1.0}, query_text="", k=5)
+    assert [(hit.label, hit.score) for hit in hits] == [(101, 2.0), (100, 1.0)]
+    assert store.search(tenant="a", query_terms={"café": 1.0}, query_text="", k=5)[0].label == 102
+    assert not (folder / "a.impact.npz").exists() and not (folder / "a.impact.lock").exists()
+    assert store.segments(tenant="a")[0].dead == 1 and make_store(tmp_path).count(tenant="a") == 3
+
+
+def _ingest_forever(path: str, journal: str) -> None:
+    """Until killed: batch b adds labels b*40.., replaces batch b-1 and deletes 5 of batch b-2, then merges;
+    the journal gets b once the batch's writes returned (accepted). Every document has the term "all"."""
+    impact_store.MERGE_FACTOR = 3  # merges all the time, so kills land in them too
+    store = make_store(Path(path), merges=False)
+    rng = np.random.default_rng(11)
+
+    def batch_of(start: int) -> list[SparseItem]:
+        weights = random_terms(rng, 40, width=20)
+        return [SparseItem(start + i, {**terms, "all": 1.0}) for i, terms in enumerate(weights)]
+
+    batch = 0
+    with open(journal, "a") as log:
+        while True:
+            store.upsert(tenant="a", items=batch_of(batch * 40))
+            if batch >= 1:
+                store.upsert(tenant="a", items=batch_of((batch - 1) * 40))
+            if batch >= 2:
+                store.delete(tenant="a", labels=list(range((batch - 2) * 40, (batch - 2) * 40 + 5)))
+            log.write(f"{batch}\n")
+            log.flush()
+            os.fsync(log.fileno())
+            store.merge(tenant="a")
+            batch += 1
+
+
+def test_a_writer_killed_during_steps_and_merges_loses_nothing_accepted_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    journal = tmp_path / "journal"
+    for delay in (1.5, 2.1, 2.7, 3.3):
+        child = context.Process(target=_ingest_forever, args=(str(tmp_path / "data"), str(journal)))
+        child.start()
+        time.sleep(delay)
+        assert child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        accepted = int(journal.read_text().split()[-1])
+        store = make_store(tmp_path / "data", merges=False)
+        labels = store.labels(tenant="a")
+        # The last accepted batch is all there; the batch in flight may be partly there (it was not accepted).
+        in_flight_delete = set(range((accepted - 1) * 40, (accepted - 1) * 40 + 5))
+        assert expected_after(accepted) - labels <= in_flight_delete
+        assert labels <= set(range((accepted + 2) * 40))
+        assert store.count(tenant="a") == len(labels)  # every label alive once
+        hits = store.search(tenant="a", query_terms={"all": 1.0}, query_text="", k=len(labels) + 10)
+        assert len(hits) == len({hit.label for hit in hits}) == len(labels)
+        leftovers = [p.name for p in store.path_for("a").iterdir() if p.name.startswith(".tmp-")]
+        store.upsert(tenant="a", items=[SparseItem(10**9, {"all": 1.0})])  # the next writer cleans up after the crash
+        assert not any((store.path_for("a") / name).exists() for name in leftovers)
+        store.delete(tenant="a", labels=[10**9])
+        journal.unlink()
+        (tmp_path / "data").rename(tmp_path / f"data-{delay}")
