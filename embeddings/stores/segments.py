@@ -700,10 +700,21 @@ class SegmentedStore(ABC, Generic[S, B]):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MERGE_NICENESS)
 
     def _merge_soon(self, tenant: str) -> None:
-        """Start a background merge when the policy wants one and none runs for this partition in this process."""
-        if not self.background_merges or not self._merge_plan(self._partition(tenant).snapshot):
-            return
+        """Start a background merge when the policy wants one and none runs for this partition in this process.
+        When merges fell behind (STALL_SEGMENTS segments and the policy still wants one), the writer merges
+        itself before it returns: writes slow down instead of every search paying for one more segment (Lucene's
+        merge scheduler stalls indexing threads the same way)."""
         partition = self._partition(tenant)
+        while (
+            partition.snapshot is not None
+            and len(partition.snapshot.segments) >= STALL_SEGMENTS
+            and self._merge_plan(partition.snapshot)
+            and not _EXITING.is_set()
+        ):
+            if not self.merge(tenant=tenant)[0]:
+                break
+        if not self.background_merges or not self._merge_plan(partition.snapshot):
+            return
         if not partition.merging.acquire(blocking=False):
             return
 
@@ -855,6 +866,7 @@ class SegmentedStore(ABC, Generic[S, B]):
 
 
 MERGE_NICENESS = 10
+STALL_SEGMENTS = 25  # unmerged segments at which a writer merges before returning (the tiered shape needs fewer)
 _EXITING = threading.Event()
 threading._register_atexit(_EXITING.set)  # type: ignore[attr-defined]  # runs before non-daemon threads are joined
 
