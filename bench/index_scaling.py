@@ -171,6 +171,11 @@ def measure(size: int, dim: int, storage: str, args: argparse.Namespace, root: P
     bootstrap += timed(lambda: store.optimize(tenant="t"))
     figures["bootstrap s"] = bootstrap
     figures["bootstrap / raw"] = bootstrap / figures["raw build s"]
+    partition = store.path_for("t")
+    index_bytes = sum(file.stat().st_size for file in partition.glob("*.faiss"))
+    rescoring_bytes = sum(file.stat().st_size for file in partition.glob("*.vectors.npy"))
+    figures["index bytes/vector (graph + codes)"] = index_bytes / size
+    figures["re-scoring bytes/vector (mapped)"] = rescoring_bytes / size
 
     # Merged state: one segment.
     raw_samples = [timed(lambda q=q: raw.search(q[None, :], 10)) for q in queries]
@@ -199,7 +204,6 @@ def measure(size: int, dim: int, storage: str, args: argparse.Namespace, root: P
     assert parent.recv() == "ready"
     step_times, raw_times, written, refresh = [], [], [], []
     next_label = size
-    partition = store.path_for("t")
     for step in range(args.steps):
         batch = extra[step * STEP : (step + 1) * STEP]
         before = {file.name for file in partition.iterdir()}

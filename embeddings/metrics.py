@@ -103,6 +103,23 @@ INGESTION_JOBS = Counter(
 )
 
 
+# --- segmented embedded stores (FAISS, impact): merges and the write stalls that bound unmerged segments ---
+INDEX_MERGES = Counter(
+    "embedding_index_merges_total", "Segment merges committed, by namespace and store.", ["namespace", "store"]
+)
+INDEX_MERGE_SECONDS = Histogram(
+    "embedding_index_merge_seconds",
+    "Duration of one segment merge (build outside the write lock + commit), by namespace and store.",
+    ["namespace", "store"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1200),
+)
+INDEX_WRITE_STALLS = Counter(
+    "embedding_index_write_stalls_total",
+    "Writes that merged before returning because merges fell behind (too many unmerged segments).",
+    ["namespace", "store"],
+)
+
+
 class StoreStateCollector:
     """Gauges read at scrape time from the database, so every process (web, worker) reports the same numbers."""
 

@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +36,7 @@ import numpy as np
 
 from core.errors import BackendError
 from core.logging import log_event
+from embeddings import metrics
 from embeddings.stores.base import SearchHit, StoreStats
 from embeddings.stores.files import FileIdentity, file_identity, safe_component
 
@@ -711,6 +713,7 @@ class SegmentedStore(ABC, Generic[S, B]):
             and self._merge_plan(partition.snapshot)
             and not _EXITING.is_set()
         ):
+            metrics.INDEX_WRITE_STALLS.labels(namespace=self.config.namespace, store=self.config.backend).inc()
             if not self.merge(tenant=tenant)[0]:
                 break
         if not self.background_merges or not self._merge_plan(partition.snapshot):
@@ -770,6 +773,7 @@ class SegmentedStore(ABC, Generic[S, B]):
             sources = [segment for segment in snapshot.segments if segment.name in chosen]
             if not sources:
                 return 0, 0
+            started = time.perf_counter()
             builder = self._builder()
             for segment in sources:
                 live = np.flatnonzero(segment.live_mask())
@@ -801,6 +805,9 @@ class SegmentedStore(ABC, Generic[S, B]):
                     built.discard(directory)
                 raise
         dead = sum(segment.entry.dead for segment in sources)
+        labels = {"namespace": self.config.namespace, "store": self.config.backend}
+        metrics.INDEX_MERGES.labels(**labels).inc()
+        metrics.INDEX_MERGE_SECONDS.labels(**labels).observe(time.perf_counter() - started)
         log_event(
             logger,
             "segments_merged",

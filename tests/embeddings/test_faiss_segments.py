@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from embeddings.stores import faiss as faiss_store
+from embeddings.stores import segments as seg
 from embeddings.stores.base import StoreConfig, StoredVector
 from embeddings.stores.faiss import FaissStore
 from tests.embeddings.test_faiss_store import items, unit
@@ -299,3 +300,19 @@ def test_declared_metadata_filters_run_inside_the_store_at_any_selectivity(tmp_p
     store.optimize(tenant="a")  # the merge carries the columns over
     hits = store.search(tenant="a", query=vectors[3000], k=3, filters={"source": "rare"})
     assert hits[0].label == 3000 and {hit.label for hit in hits} <= set(range(0, count, 1000))
+
+
+def test_a_writer_merges_itself_when_merges_fall_behind_and_it_is_counted(tmp_path: Path) -> None:
+    from tests.conftest import counter_value
+
+    rng = np.random.default_rng(13)
+    store = make_store(tmp_path)  # no background merges: they "fell behind" for good
+    labels = {"namespace": "single_vector.test.16.v1", "store": "faiss"}
+    stalls = counter_value("embedding_index_write_stalls_total", **labels)
+    merges = counter_value("embedding_index_merges_total", **labels)
+    for start in range(0, 40 * 50, 50):
+        store.upsert(tenant="a", items=items(range(start, start + 50), unit(rng, 50)))
+        assert len(store.segments(tenant="a")) <= seg.STALL_SEGMENTS
+    assert counter_value("embedding_index_write_stalls_total", **labels) > stalls
+    assert counter_value("embedding_index_merges_total", **labels) > merges
+    assert store.labels(tenant="a") == set(range(2000)) and store.count(tenant="a") == 2000
