@@ -232,7 +232,7 @@ def _location(store: Any, tenant: str) -> str:
 
 def index_purge_deleted(*, namespace: Namespace, tenant: Tenant | None = None) -> PurgeReport:
     """Remove deleted and replaced documents' entries from the namespace's index files now, not at the next
-    compaction: after this, no file of the index holds their vectors or terms (their rows are already gone)."""
+    merge: after this, no file of the index holds their vectors or terms (their rows are already gone)."""
     store = index_for(namespace)
     report = PurgeReport(namespace=namespace.name, store=store.config.backend)
     for slug in [tenant.slug] if tenant is not None else store.tenants():

@@ -52,7 +52,7 @@ class SearchHit:
 class StoreStats:
     tenant: str
     vectors: int  # live vectors
-    tombstones: int  # dead slots not yet compacted away
+    tombstones: int  # dead entries still in the files (until their segment is merged)
     bytes_on_disk: int
 
 

@@ -13,7 +13,7 @@ from namespaces.management.base import NamespaceCommand
 class Command(NamespaceCommand):
     help = (
         "Remove deleted and replaced documents from a namespace's index files at once, instead of at the next "
-        "compaction or merge (the right to erasure: a tombstone is not erasure). Prints, per tenant, how many "
+        "merge (the right to erasure: a tombstone is not erasure). Prints, per tenant, how many "
         "entries left which file. Searches keep answering while it runs."
     )
 
