@@ -23,7 +23,8 @@ Files: `<FAISS_DATA_DIR>/<namespace>/<tenant>.faiss/`: commit.json, `<segment>.f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -184,17 +185,21 @@ class _SegmentBuilder:
         return built
 
 
+FLAT_BLOCK_MAX_BYTES = 16 << 20  # 384-dim: about 40 step segments; 4096-dim: fewer than four
 MERGE_THREADS = 1  # OpenMP threads of a background merge; explicit merges (merge_index, bootstrap) use them all
 
 
 def _flat_block(snapshot: seg.Snapshot[_Segment]) -> tuple[np.ndarray, np.ndarray, str | None]:
     """The live vectors and labels of every flat (small) segment in one array, and the first such segment's
     name: the steps written since the last merge are scored by one matrix product, not one call each. Built once
-    per snapshot (a snapshot never changes)."""
+    per snapshot (a snapshot never changes). Past FLAT_BLOCK_MAX_BYTES the copy would cost the search that
+    builds it more than it saves (4096-dim steps are 4 MB each): no block, each flat segment is scored in place."""
     block = snapshot.cache.get("flat")
     if block is None:
         flats = [segment for segment in snapshot.segments if segment.entry.kind == "flat" and segment.alive_count]
         dim = flats[0].vectors.shape[1] if flats else 0
+        if sum(segment.alive_count for segment in flats) * dim * 4 > FLAT_BLOCK_MAX_BYTES:
+            flats = []
         block = (
             np.concatenate([np.asarray(s.vectors[s.live_mask()]) for s in flats])
             if flats
@@ -328,6 +333,8 @@ class FaissStore(seg.SegmentedStore[_Segment, _SegmentBuilder], VectorStore):
         def each(segment: _Segment) -> tuple[np.ndarray, np.ndarray] | None:
             if segment.entry.kind != "flat":
                 return self._search_segment(segment, query, k, None, None)
+            if first is None:
+                return self._search_segment(segment, query, k, None, None)
             if segment.name != first:
                 return None  # scored with the block
             scores = vectors @ query[0]
@@ -339,6 +346,15 @@ class FaissStore(seg.SegmentedStore[_Segment, _SegmentBuilder], VectorStore):
     def _yield_to_searches(self) -> None:
         super()._yield_to_searches()
         faiss.omp_set_num_threads(MERGE_THREADS)  # per calling thread: the merge builds on one core
+
+    @contextlib.contextmanager
+    def _narrow_builds(self) -> Iterator[None]:
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(MERGE_THREADS)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
 
     def _filter_tokens(self, filters: dict[str, Any]) -> dict[str, list[str]]:
         unknown = sorted(set(filters) - set(self.config.filterable))

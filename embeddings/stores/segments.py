@@ -701,6 +701,12 @@ class SegmentedStore(ABC, Generic[S, B]):
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MERGE_NICENESS)
 
+    @contextlib.contextmanager
+    def _narrow_builds(self) -> Iterator[None]:
+        """A merge the writer runs itself (a stall) builds as a background one does, without taking every core
+        from the searches; stores with multi-threaded builds narrow them here, for this thread, and restore."""
+        yield
+
     def _merge_soon(self, tenant: str) -> None:
         """Start a background merge when the policy wants one and none runs for this partition in this process.
         When merges fell behind (STALL_SEGMENTS segments and the policy still wants one), the writer merges
@@ -714,7 +720,9 @@ class SegmentedStore(ABC, Generic[S, B]):
             and not _EXITING.is_set()
         ):
             metrics.INDEX_WRITE_STALLS.labels(namespace=self.config.namespace, store=self.config.backend).inc()
-            if not self.merge(tenant=tenant)[0]:
+            with self._narrow_builds():
+                merged = self.merge(tenant=tenant)[0]
+            if not merged:
                 break
         if not self.background_merges or not self._merge_plan(partition.snapshot):
             return
