@@ -4,9 +4,6 @@ Real faiss indexes on disk and random unit vectors (no model needed)."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -19,6 +16,7 @@ from embeddings.stores import faiss as faiss_store
 from embeddings.stores import segments as seg
 from embeddings.stores.base import StoreConfig, StoredVector
 from embeddings.stores.faiss import FaissStore
+from tests.embeddings.segment_crashes import ingest_forever, kill_writers_and_check
 from tests.embeddings.test_faiss_store import items, unit
 
 DIM = 16
@@ -194,62 +192,24 @@ def test_a_partition_written_before_segments_is_converted_keeping_its_deletes(tm
 
 
 def _ingest_forever(path: str, journal: str) -> None:
-    """Until killed: batch b adds labels b*40.., replaces batch b-1 and deletes 5 of batch b-2, then merges;
-    the journal gets b once the batch's writes returned (accepted)."""
     faiss_store.MERGE_FACTOR = 3  # merges all the time, so kills land in them too
-    store = make_store(Path(path))
     rng = np.random.default_rng(11)
-    batch = 0
-    with open(journal, "a") as log:
-        while True:
-            store.upsert(tenant="a", items=items(range(batch * 40, batch * 40 + 40), unit(rng, 40)))
-            if batch >= 1:
-                store.upsert(tenant="a", items=items(range((batch - 1) * 40, batch * 40), unit(rng, 40)))
-            if batch >= 2:
-                store.delete(tenant="a", labels=list(range((batch - 2) * 40, (batch - 2) * 40 + 5)))
-            log.write(f"{batch}\n")
-            log.flush()
-            os.fsync(log.fileno())
-            store.merge(tenant="a")
-            batch += 1
-
-
-def expected_after(batch: int) -> set[int]:
-    labels = set(range((batch + 1) * 40))
-    for done in range(2, batch + 1):
-        labels -= set(range((done - 2) * 40, (done - 2) * 40 + 5))
-    return labels
+    ingest_forever(make_store(Path(path)), lambda start: items(range(start, start + 40), unit(rng, 40)), journal)
 
 
 def test_a_writer_killed_during_steps_and_merges_loses_nothing_accepted_and_duplicates_nothing(
     tmp_path: Path,
 ) -> None:
-    context = multiprocessing.get_context("spawn")
-    journal = tmp_path / "journal"
-    for delay in (1.5, 2.1, 2.7, 3.3):
-        child = context.Process(target=_ingest_forever, args=(str(tmp_path / "data"), str(journal)))
-        child.start()
-        time.sleep(delay)
-        assert child.pid is not None
-        os.kill(child.pid, signal.SIGKILL)
-        child.join(10)
-        accepted = int(journal.read_text().split()[-1])
-        store = make_store(tmp_path / "data")
-        labels = store.labels(tenant="a")
-        # The last accepted batch is all there; the batch in flight may be partly there (it was not accepted).
-        in_flight_delete = set(range((accepted - 1) * 40, (accepted - 1) * 40 + 5))
-        assert expected_after(accepted) - labels <= in_flight_delete
-        assert labels <= set(range((accepted + 2) * 40))
-        assert store.count(tenant="a") == len(labels)  # every label alive once
-        probe = unit(np.random.default_rng(int(delay * 10)), 1)[0]
-        hits = store.search(tenant="a", query=probe, k=len(labels))
-        assert len(hits) == len({hit.label for hit in hits}) == len(labels)
-        leftovers = [p.name for p in store.path_for("a").iterdir() if p.name.startswith(".tmp-")]
-        store.upsert(tenant="a", items=[StoredVector(10**9, probe)])  # the next writer cleans up after the crash
-        assert not any((store.path_for("a") / name).exists() for name in leftovers)
-        store.delete(tenant="a", labels=[10**9])
-        journal.unlink()
-        (tmp_path / "data").rename(tmp_path / f"data-{delay}")
+    def probe(delay: float) -> np.ndarray:
+        return unit(np.random.default_rng(int(delay * 10)), 1)[0]
+
+    kill_writers_and_check(
+        tmp_path,
+        _ingest_forever,
+        make_store,
+        lambda store, delay, k: store.search(tenant="a", query=probe(delay), k=k),
+        lambda delay: StoredVector(10**9, probe(delay)),
+    )
 
 
 def test_the_namespace_config_knows_exactly_the_storage_types_the_store_has() -> None:
