@@ -31,11 +31,13 @@ from core.logging import log_event
 from core.work import WorkClass, work_for
 from embeddings import metrics
 from embeddings.models import (
+    MIRROR_PURPOSES,
     UNFINISHED_JOB_STATUSES,
     Document,
     IngestionJob,
     IngestionSwitch,
     JobKind,
+    JobPurpose,
     JobStatus,
 )
 from embeddings.providers.registry import sparse_provider_for
@@ -50,6 +52,7 @@ from embeddings.stores.base import SparseItem, SparseStore, StoredVector
 from embeddings.stores.registry import index_for
 from namespaces.models import Namespace, NamespaceKind, Tenant
 from namespaces.quotas import quota_charge_tokens, tenant_usage_change, tenant_usage_lock
+from namespaces.selectors import namespace_standbys
 
 logger = logging.getLogger("medkg.embeddings.ingestion")
 
@@ -71,6 +74,11 @@ def text_hash(text: str) -> str:
 def document_stored_bytes(text: str, metadata: dict[str, Any]) -> int:
     """What a document counts against its tenant's limit of stored bytes: its UTF-8 text and compact metadata JSON."""
     return len(text.encode("utf-8")) + len(orjson.dumps(metadata))
+
+
+def namespace_provenance(namespace: Namespace) -> str:
+    """What a stored vector (or term weights) of `namespace` must have been produced by to be indexed."""
+    return f"{namespace.name}|{namespace.model_id}@{namespace.model_version}"[:400]
 
 
 def vector_to_bytes(vector: np.ndarray) -> bytes:
@@ -164,7 +172,10 @@ def documents_accept(*, namespace: Namespace, tenant: Tenant, documents: Sequenc
     latest = {document.id: document for document in documents}  # the same id twice: the last one wins
     for attempt in range(2):
         try:
-            job, to_embed = _documents_accept_once(namespace, tenant, list(latest.values()))
+            with transaction.atomic():  # the primary's rows and every standby's, or none of them
+                job, to_embed = _documents_accept_once(namespace, tenant, list(latest.values()))
+                for standby in namespace_standbys(namespace):
+                    _documents_accept_once(standby, tenant, list(latest.values()), purpose=JobPurpose.STANDBY)
         except IntegrityError:
             if attempt:  # a concurrent request inserted the same new id; the second pass sees its row
                 raise
@@ -174,7 +185,26 @@ def documents_accept(*, namespace: Namespace, tenant: Tenant, documents: Sequenc
     raise AssertionError("unreachable")
 
 
-def _job_create(namespace: Namespace, tenant: Tenant, kind: str, total: int) -> IngestionJob:
+def documents_mirror(
+    *, namespace: Namespace, tenant: Tenant, documents: Sequence[IncomingDocument], purpose: str
+) -> IngestionJob:
+    """Write documents the platform already holds into `namespace` (a standby, a migration's next version): a job of
+    its own, re-embedded from the text, not charged to the tenant (its usage counts them once, in the primary)."""
+    assert purpose in MIRROR_PURPOSES
+    latest = {document.id: document for document in documents}
+    for attempt in range(2):
+        try:
+            with transaction.atomic():
+                return _documents_accept_once(namespace, tenant, list(latest.values()), purpose=purpose)[0]
+        except IntegrityError:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def job_create(
+    namespace: Namespace, tenant: Tenant, kind: str, total: int, purpose: str = JobPurpose.CLIENT
+) -> IngestionJob:
     """A new job, paused when the namespace's ingestion is paused (resume queues it)."""
     paused = ingestion_is_paused(namespace=namespace)
     return IngestionJob.objects.create(
@@ -182,17 +212,21 @@ def _job_create(namespace: Namespace, tenant: Tenant, kind: str, total: int) -> 
         tenant=tenant,
         kind=kind,
         total=total,
+        purpose=purpose,
         status=JobStatus.PAUSED if paused else JobStatus.QUEUED,
     )
 
 
 @transaction.atomic
 def _documents_accept_once(
-    namespace: Namespace, tenant: Tenant, documents: list[IncomingDocument]
+    namespace: Namespace, tenant: Tenant, documents: list[IncomingDocument], purpose: str = JobPurpose.CLIENT
 ) -> tuple[IngestionJob, list[str]]:
-    """The job, and the texts it will embed (new or changed)."""
-    usage = tenant_usage_lock(tenant=tenant)  # before the document rows: one tenant's accepts and deletes queue here
-    job = _job_create(namespace, tenant, JobKind.UPSERT, len(documents))
+    """The job, and the texts it will embed (new or changed). A mirror (`purpose` standby or backfill) changes
+    no usage: the tenant's usage counts each document once, where a client sent it."""
+    mirror = purpose in MIRROR_PURPOSES
+    # Before the document rows: one tenant's accepts and deletes queue here.
+    usage = tenant_usage_lock(tenant=tenant) if not mirror else None
+    job = job_create(namespace, tenant, JobKind.UPSERT, len(documents), purpose)
     paused = job.status == JobStatus.PAUSED
     existing = {
         row.external_id: row
@@ -240,7 +274,8 @@ def _documents_accept_once(
         row.metadata = incoming.metadata
         changed.append(row)
     # Refused here, the transaction rolls back: nothing of the request (not even its job) is stored.
-    tenant_usage_change(usage=usage, tenant=tenant, documents=added_documents, stored_bytes=added_bytes)
+    if usage is not None:
+        tenant_usage_change(usage=usage, tenant=tenant, documents=added_documents, stored_bytes=added_bytes)
     Document.objects.bulk_create(created, batch_size=500)
     Document.objects.bulk_update(
         changed, ["text", "text_hash", "vector", "terms", "version", "deleted_at", "metadata", "job"], batch_size=500
@@ -259,6 +294,7 @@ def _documents_accept_once(
         documents=len(documents),
         unchanged=unchanged,
         paused=paused,
+        purpose=purpose,
     )
     if job.status == JobStatus.QUEUED:
         transaction.on_commit(lambda: ingestion_dispatch(job_id=job.pk))
@@ -267,15 +303,26 @@ def _documents_accept_once(
 
 @transaction.atomic
 def documents_delete(*, namespace: Namespace, tenant: Tenant, external_ids: Sequence[str]) -> IngestionJob:
-    """Hide the documents at once (search skips them) and queue the job that removes them from the store."""
-    ids = sorted(set(external_ids))
-    usage = tenant_usage_lock(tenant=tenant)  # before the document rows, as documents_accept takes it
-    job = _job_create(namespace, tenant, JobKind.DELETE, len(ids))
+    """Hide the documents at once (search skips them) and queue the job that removes them from the store; the same
+    in every standby of the namespace."""
+    job = _documents_delete_once(namespace, tenant, sorted(set(external_ids)))
+    for standby in namespace_standbys(namespace):
+        _documents_delete_once(standby, tenant, sorted(set(external_ids)), purpose=JobPurpose.STANDBY)
+    return job
+
+
+def _documents_delete_once(
+    namespace: Namespace, tenant: Tenant, ids: list[str], purpose: str = JobPurpose.CLIENT
+) -> IngestionJob:
+    mirror = purpose in MIRROR_PURPOSES
+    usage = tenant_usage_lock(tenant=tenant) if not mirror else None  # before the rows, as documents_accept takes it
+    job = job_create(namespace, tenant, JobKind.DELETE, len(ids), purpose)
     rows = Document.objects.filter(namespace=namespace, tenant=tenant, external_id__in=ids)
     live = rows.filter(deleted_at__isnull=True).values_list("text", "metadata")
     freed = [document_stored_bytes(text, metadata) for text, metadata in live]
     found = rows.update(deleted_at=timezone.now(), job=job)
-    tenant_usage_change(usage=usage, tenant=tenant, documents=-len(freed), stored_bytes=-sum(freed))  # frees at once
+    if usage is not None:  # frees at once
+        tenant_usage_change(usage=usage, tenant=tenant, documents=-len(freed), stored_bytes=-sum(freed))
     job.processed = len(ids) - found  # ids that were never there are done already
     job.save(update_fields=["processed"])
     log_event(logger, "documents_delete_accepted", namespace=namespace.name, tenant=tenant.slug, job=str(job.pk))
@@ -439,6 +486,10 @@ def _upsert_step(job: IngestionJob) -> bool:
     for row in batch:  # only rows whose text did not change while we worked count as indexed
         Document.objects.filter(pk=row.pk, version=row.version).update(indexed_version=row.version)
     metrics.INGESTION_DOCUMENTS.labels(namespace=namespace.name, outcome="indexed").inc(written)
+    if job.purpose in MIRROR_PURPOSES:
+        metrics.STANDBY_DOCUMENTS.labels(namespace=namespace.name, purpose=job.purpose, operation="indexed").inc(
+            written
+        )
     remaining = _pending_of(job).count()
     _job_update(job, processed=max(job.total - remaining, 0))
     return remaining == 0
@@ -460,21 +511,24 @@ def _encode_missing(namespace: Namespace, batch: list[Document]) -> None:
     if namespace.kind == NamespaceKind.SPARSE:
         _weigh_missing(namespace, batch)
         return
-    missing = [row for row in batch if row.vector is None]
+    provenance = namespace_provenance(namespace)
+    # A vector of another model version (the namespace's model changed under it) is never indexed: embed again.
+    missing = [row for row in batch if row.vector is None or row.provenance != provenance]
     if not missing:
         return
     embedded = embeddings_compute(
         namespace=namespace, texts=[row.text for row in missing], normalize=True, truncate=True
     )
     for row, vector in zip(missing, embedded.vectors, strict=True):
-        row.vector = vector_to_bytes(vector)
+        row.vector, row.provenance = vector_to_bytes(vector), provenance
         # Conditional: a newer text sent meanwhile keeps its empty vector and gets embedded by its own job.
-        Document.objects.filter(pk=row.pk, version=row.version).update(vector=row.vector)
+        Document.objects.filter(pk=row.pk, version=row.version).update(vector=row.vector, provenance=provenance)
 
 
 def _weigh_missing(namespace: Namespace, batch: list[Document]) -> None:
     """Term weights for the rows that have none; {} when the store analyses the text itself (BM25)."""
-    missing = [row for row in batch if row.terms is None]
+    provenance = namespace_provenance(namespace)
+    missing = [row for row in batch if row.terms is None or row.provenance != provenance]
     if not missing:
         return
     if sparse_provider_for(namespace).encodes_documents:
@@ -483,8 +537,8 @@ def _weigh_missing(namespace: Namespace, batch: list[Document]) -> None:
     else:
         weights = [{} for _ in missing]
     for row, terms in zip(missing, weights, strict=True):
-        row.terms = terms
-        Document.objects.filter(pk=row.pk, version=row.version).update(terms=terms)
+        row.terms, row.provenance = terms, provenance
+        Document.objects.filter(pk=row.pk, version=row.version).update(terms=terms, provenance=provenance)
 
 
 def _delete_run(job: IngestionJob) -> bool:
@@ -496,5 +550,9 @@ def _delete_run(job: IngestionJob) -> bool:
     # Rows re-sent after the delete was accepted have deleted_at cleared and belong to a newer job: kept.
     Document.objects.filter(pk__in=labels, job=job, deleted_at__isnull=False).delete()
     metrics.INGESTION_DOCUMENTS.labels(namespace=namespace.name, outcome="deleted").inc(len(labels))
+    if job.purpose in MIRROR_PURPOSES:
+        metrics.STANDBY_DOCUMENTS.labels(namespace=namespace.name, purpose=job.purpose, operation="deleted").inc(
+            len(labels)
+        )
     _job_update(job, processed=job.total)
     return True

@@ -16,12 +16,15 @@ from core.logging import log_event
 from embeddings import metrics
 from embeddings.ingestion import (
     document_stored_bytes,
+    ingestion_dispatch,
     ingestion_is_paused,
     ingestion_pause,
     ingestion_resume,
+    job_create,
+    namespace_provenance,
     vector_from_bytes,
 )
-from embeddings.models import Document, IngestionJob, JobStatus
+from embeddings.models import Document, IngestionJob, JobKind, JobPurpose, JobStatus
 from embeddings.services import INDEXED_KINDS
 from embeddings.stores.base import SparseItem, SparseStore, StoredVector
 from embeddings.stores.registry import index_for
@@ -40,6 +43,8 @@ class BootstrapReport:
     tenants: dict[str, int] = field(default_factory=dict)  # tenant -> vectors written
     removed: int = 0  # labels in the store that the database no longer has
     pending: int = 0  # documents without a vector yet: their ingestion jobs will index them
+    refused: int = 0  # rows whose vector another model version produced: not loaded, queued to be embedded again
+    refused_provenance: list[str] = field(default_factory=list)  # a few of the provenances refused
     seconds: float = 0.0
 
 
@@ -50,8 +55,41 @@ def _encoded(namespace: Namespace) -> Q:
 
 def _with_vectors(namespace: Namespace, tenant: Tenant) -> QuerySet[Document]:
     return Document.objects.filter(
-        _encoded(namespace), namespace=namespace, tenant=tenant, deleted_at__isnull=True
+        _encoded(namespace),
+        namespace=namespace,
+        tenant=tenant,
+        deleted_at__isnull=True,
+        provenance=namespace_provenance(namespace),
     ).order_by("pk")
+
+
+def _refuse_foreign_provenance(namespace: Namespace, tenant: Tenant, report: BootstrapReport) -> None:
+    """Rows encoded by another namespace or model version never reach the index (one ranking, one model): they go
+    to a job that embeds them again from their text."""
+    foreign = Document.objects.filter(_encoded(namespace), namespace=namespace, tenant=tenant, deleted_at__isnull=True)
+    foreign = foreign.exclude(provenance=namespace_provenance(namespace))
+    found = sorted(set(foreign.values_list("provenance", flat=True)[:1000]))
+    if not found:
+        return
+    with transaction.atomic():
+        job = job_create(namespace, tenant, JobKind.UPSERT, 0, JobPurpose.BACKFILL)
+        count = foreign.update(job=job, version=F("version") + 1)
+        IngestionJob.objects.filter(pk=job.pk).update(total=count)
+        if job.status == JobStatus.QUEUED:
+            transaction.on_commit(lambda: ingestion_dispatch(job_id=job.pk))
+    report.refused += count
+    report.refused_provenance = sorted({*report.refused_provenance, *(p or "(none)" for p in found)})[:5]
+    log_event(
+        logger,
+        "bootstrap_refused_provenance",
+        logging.WARNING,
+        namespace=namespace.name,
+        tenant=tenant.slug,
+        rows=count,
+        provenance=found[:5],
+        expected=namespace_provenance(namespace),
+        job=str(job.pk),
+    )
 
 
 def _chunks(rows: QuerySet[Document], size: int, skip: set[int]) -> Iterator[list[tuple[Any, ...]]]:
@@ -79,6 +117,7 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
     report = BootstrapReport(namespace=namespace.name)
     tenant_ids = Document.objects.filter(namespace=namespace).values_list("tenant", flat=True).distinct()
     for tenant in Tenant.objects.filter(pk__in=tenant_ids).order_by("slug"):
+        _refuse_foreign_provenance(namespace, tenant, report)
         rows = _with_vectors(namespace, tenant)
         wanted = set(rows.values_list("pk", flat=True))
         present = store.labels(tenant=tenant.slug)
@@ -126,6 +165,7 @@ def index_bootstrap(*, namespace: Namespace, progress: Progress | None = None) -
         written=sum(report.tenants.values()),
         removed=report.removed,
         pending=report.pending,
+        refused=report.refused,
         seconds=round(report.seconds, 3),
     )
     return report

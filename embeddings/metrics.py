@@ -120,6 +120,14 @@ INDEX_WRITE_STALLS = Counter(
 )
 
 
+STANDBY_DOCUMENTS = Counter(
+    "embedding_standby_documents_total",
+    "Documents written to a namespace as a standby mirror or a migration backfill (re-embedded from the stored "
+    "text), by namespace written, purpose (standby, backfill) and operation (indexed, deleted).",
+    ["namespace", "purpose", "operation"],
+)
+
+
 class StoreStateCollector:
     """Gauges read at scrape time from the database, so every process (web, worker) reports the same numbers."""
 
@@ -139,7 +147,13 @@ class StoreStateCollector:
             "Live vectors indexed, by namespace and store.",
             labels=["namespace", "store"],
         )
+        lag = GaugeMetricFamily(
+            "embedding_standby_lag_documents",
+            "Documents a standby has accepted from its primary but not indexed yet, by primary and standby.",
+            labels=["primary", "standby"],
+        )
         try:
+            waiting: dict[str, int] = {}
             rows = Document.objects.values("namespace__name", "namespace__parameters", "namespace__kind").annotate(
                 waiting=Count("pk", filter=~Q(indexed_version=F("version")) | Q(deleted_at__isnull=False)),
                 indexed=Count("pk", filter=Q(indexed_version=F("version"), deleted_at__isnull=True)),
@@ -150,11 +164,17 @@ class StoreStateCollector:
                 )
                 store = (row["namespace__parameters"] or {}).get("store") or default
                 queue.add_metric([row["namespace__name"]], row["waiting"])
+                waiting[row["namespace__name"]] = row["waiting"]
                 vectors.add_metric([row["namespace__name"], store], row["indexed"])
+            from namespaces.models import NamespaceStandby
+
+            for primary, standby in NamespaceStandby.objects.values_list("primary__name", "standby__name"):
+                lag.add_metric([primary, standby], waiting.get(standby, 0))
         except (DatabaseError, RuntimeError):  # no database (or none allowed): export the families empty
             pass
         yield queue
         yield vectors
+        yield lag
 
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # no scrape at registration time

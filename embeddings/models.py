@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from namespaces.models import Namespace, Tenant
 
@@ -32,6 +32,12 @@ class Document(models.Model):
     terms = models.JSONField(
         null=True, blank=True, help_text="Sparse namespaces: {term: weight} (empty when the store indexes the text)"
     )
+    provenance = models.CharField(
+        max_length=400,
+        blank=True,
+        help_text="What produced the vector or term weights: <namespace>|<model_id>@<model_version> "
+        "(embeddings.ingestion.namespace_provenance). Rows of another provenance are embedded again, never indexed.",
+    )
     version = models.PositiveIntegerField(default=1)
     indexed_version = models.PositiveIntegerField(default=0)
     job = models.ForeignKey("IngestionJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="documents")
@@ -50,6 +56,12 @@ class Document(models.Model):
                 name="document_pending_delete",
             ),
             models.Index(fields=["job", "indexed_version"], name="document_job_progress"),
+            # What a namespace still has to index (a standby's lag, a backfill's progress), counted without a scan.
+            models.Index(
+                fields=["namespace", "tenant"],
+                condition=Q(indexed_version__lt=F("version"), deleted_at__isnull=True),
+                name="document_unindexed",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -63,6 +75,15 @@ class Document(models.Model):
 class JobKind(models.TextChoices):
     UPSERT = "upsert"
     DELETE = "delete"
+
+
+class JobPurpose(models.TextChoices):
+    CLIENT = "client", "documents a client sent"
+    STANDBY = "standby", "the mirror of a primary's documents into its standby"
+    BACKFILL = "backfill", "a migration's re-embedding of stored documents"
+
+
+MIRROR_PURPOSES = (JobPurpose.STANDBY, JobPurpose.BACKFILL)  # bulk work of the platform itself: never charged
 
 
 class JobStatus(models.TextChoices):
@@ -82,6 +103,12 @@ class IngestionJob(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ingestion_jobs")
     kind = models.CharField(max_length=10, choices=JobKind.choices, default=JobKind.UPSERT)
     status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True)
+    purpose = models.CharField(
+        max_length=10,
+        choices=JobPurpose.choices,
+        default=JobPurpose.CLIENT,
+        help_text="Standby and backfill jobs are bulk work (scheduled after interactive requests) and are not charged",
+    )
     total = models.PositiveIntegerField(default=0)
     processed = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)

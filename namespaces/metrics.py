@@ -14,3 +14,9 @@ QUOTA_DECISIONS = Counter(
     "operation (embed, ingest, search, other) and outcome (allowed, limited, unenforced: Redis failed).",
     ["kind", "operation", "outcome"],
 )
+
+ALIAS_FLIPS = Counter(
+    "medkg_namespace_alias_flips_total",
+    "Alias flips (and creations) by alias: the alias now resolves to another namespace version.",
+    ["alias"],
+)

@@ -272,3 +272,90 @@ class UnauthenticatedRefusalWindow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.window_start:%Y-%m-%d %H:%M} {self.client_address or '-'} {self.reason} x{self.count}"
+
+
+ALIAS_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_\-]*(\.[a-z0-9][a-z0-9_\-]*){0,3}$")
+
+
+def validate_alias_name(value: str) -> None:
+    if not ALIAS_NAME_PATTERN.match(value or ""):
+        raise ValidationError("lowercase letters, digits, '-', '_', up to four dot-separated parts")
+    if NAMESPACE_NAME_PATTERN.match(value):
+        raise ValidationError("an alias cannot look like a namespace version (<kind>.<model>.<dim>.<vN>)")
+
+
+class NamespaceAlias(models.Model):
+    """A stable name (`dense.default`, `single_vector.minilm`) that resolves to one concrete namespace version.
+
+    Accepted wherever a namespace name is; answers name the concrete namespace. Grants are checked on the concrete
+    namespace. Flipped with `namespaces.services.alias_flip` (atomic, audited in `AliasFlip`).
+    """
+
+    name = models.CharField(max_length=200, unique=True, validators=[validate_alias_name])
+    namespace = models.ForeignKey(Namespace, on_delete=models.PROTECT, related_name="aliases")
+    description = models.TextField(blank=True)
+    changed_by = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "namespace aliases"
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.namespace_id and self.namespace.name}"
+
+
+class AliasFlip(models.Model):
+    """One change of an alias's target (who, when, from, to, why). Evidence: never edited."""
+
+    alias = models.ForeignKey(NamespaceAlias, on_delete=models.CASCADE, related_name="flips")
+    from_namespace = models.CharField(max_length=200, blank=True, help_text="Empty when the alias was created.")
+    to_namespace = models.CharField(max_length=200)
+    changed_by = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+    flipped_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-flipped_at", "-id"]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.flipped_at:%Y-%m-%d %H:%M:%S} {self.alias.name}: {self.from_namespace or '-'} → {self.to_namespace}"
+        )
+
+
+class StandbyPurpose(models.TextChoices):
+    ROLLBACK = "rollback", "rollback target"
+    MIGRATION = "migration", "migration (next version, or the old one during the rollback window)"
+
+
+class NamespaceStandby(models.Model):
+    """`standby` receives every document accepted for `primary` (re-embedded from the stored text), and its deletes.
+
+    Mirrored writes do not mirror again: a pair written both ways (during a migration's rollback window) is no loop.
+    """
+
+    primary = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="standby_links")
+    standby = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="primary_links")
+    purpose = models.CharField(max_length=20, choices=StandbyPurpose.choices, default=StandbyPurpose.ROLLBACK)
+    created_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["primary__name", "standby__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["primary", "standby"], name="one_standby_link"),
+            models.CheckConstraint(condition=~models.Q(primary=models.F("standby")), name="standby_not_itself"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.primary.name} ⇒ {self.standby.name} ({self.purpose})"
+
+    def clean(self) -> None:
+        if self.primary_id and self.primary_id == self.standby_id:
+            raise ValidationError({"standby": "a namespace cannot be its own standby"})
+        if self.primary_id and self.standby_id and self.primary.kind != self.standby.kind:
+            raise ValidationError(
+                {"standby": f"{self.primary.name} is {self.primary.kind}, {self.standby.name} is not"}
+            )

@@ -18,7 +18,7 @@ from django.db.models import Q, QuerySet
 
 from core.cache import TTLCache
 from core.errors import AccessRefused
-from namespaces.models import Namespace, Tenant
+from namespaces.models import NAMESPACE_NAME_PATTERN, Namespace, NamespaceAlias, NamespaceStandby, Tenant
 
 _CACHE_MAX_ENTRIES = 4096  # per kind: a flood of distinct names must not grow memory without bound
 
@@ -37,10 +37,21 @@ _tenants: TTLCache[str, Tenant] = TTLCache(access_cache_ttl, max_entries=_CACHE_
 _namespaces: TTLCache[str, _CachedNamespace] = TTLCache(access_cache_ttl, max_entries=_CACHE_MAX_ENTRIES)
 
 
+def alias_cache_ttl() -> float:
+    """Aliases follow the serving state's TTL: a flip reaches every serving process as a rollback route does."""
+    return float(settings.MEDKG_SERVING_STATE_TTL)
+
+
+_aliases: TTLCache[str, str] = TTLCache(alias_cache_ttl, max_entries=_CACHE_MAX_ENTRIES)
+_standbys: TTLCache[int, tuple[Namespace, ...]] = TTLCache(access_cache_ttl, max_entries=_CACHE_MAX_ENTRIES)
+
+
 def access_cache_clear() -> None:
     """Forget every cached tenant and namespace."""
     _tenants.clear()
     _namespaces.clear()
+    _aliases.clear()
+    _standbys.clear()
 
 
 def access_cache_model_changed(**_: Any) -> None:
@@ -77,13 +88,36 @@ def _namespace_load(name: str) -> _CachedNamespace | None:
     return _CachedNamespace(namespace=namespace, granted_tenant_ids=granted)
 
 
+def alias_resolve(name: str) -> str:
+    """The concrete namespace name behind `name`: itself when it is a namespace name (or unknown), else its alias's."""
+    if NAMESPACE_NAME_PATTERN.match(name) or "\x00" in name:
+        return name
+    target = _aliases.get(
+        name, lambda _: NamespaceAlias.objects.filter(name=name).values_list("namespace__name", flat=True).first()
+    )
+    return target or name
+
+
+def namespace_standbys(namespace: Namespace) -> tuple[Namespace, ...]:
+    """The namespaces that mirror every write accepted for `namespace` (its rollback target, the next version)."""
+    found = _standbys.get(
+        namespace.pk,
+        lambda _: tuple(
+            link.standby for link in NamespaceStandby.objects.filter(primary=namespace).select_related("standby")
+        ),
+    )
+    return found or ()
+
+
 def namespace_get_for_tenant(*, name: str, tenant: Tenant, scope: str) -> Namespace:
-    """The namespace if the tenant may use it with `scope`; otherwise AccessRefused.
+    """The namespace if the tenant may use it with `scope`; otherwise AccessRefused. `name` may be an alias: the
+    concrete namespace it resolves to is returned, and the grant and scope are checked on it.
 
     Unknown and not-granted raise the same client answer (404) with different audit reasons.
     """
+    concrete = alias_resolve(name)
     # PostgreSQL text cannot hold NUL, so no namespace name has one: do not send it to the database.
-    entry = _namespaces.get(name, lambda _: _namespace_load(name)) if "\x00" not in name else None
+    entry = _namespaces.get(concrete, lambda _: _namespace_load(concrete)) if "\x00" not in concrete else None
     if entry is None:
         raise AccessRefused("namespace_unknown", namespace=name)
     namespace = entry.namespace

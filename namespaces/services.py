@@ -18,11 +18,21 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework_simplejwt.tokens import AccessToken
 
-from core.errors import ConfigError
+from core.errors import ConfigError, InvalidRequest
 from core.logging import log_event
 from namespaces.config import NamespaceSpec, load_namespace_specs
-from namespaces.metrics import CROSS_TENANT_ACCESS_ATTEMPTS
-from namespaces.models import SCOPES, AccessAuditEvent, Namespace, Tenant, UnauthenticatedRefusalWindow
+from namespaces.metrics import ALIAS_FLIPS, CROSS_TENANT_ACCESS_ATTEMPTS
+from namespaces.models import (
+    SCOPES,
+    AccessAuditEvent,
+    AliasFlip,
+    Namespace,
+    NamespaceAlias,
+    NamespaceStandby,
+    StandbyPurpose,
+    Tenant,
+    UnauthenticatedRefusalWindow,
+)
 
 logger = logging.getLogger("medkg.access")
 
@@ -309,3 +319,56 @@ def _access_log(level: int, *, context: AccessContext, **fields: str) -> None:
         request_id=context.request_id,
         client_address=context.client_address,
     )
+
+
+# --- aliases and standbys ---
+
+
+@transaction.atomic
+def alias_flip(*, alias: str, to: Namespace, changed_by: str, reason: str = "") -> AliasFlip:
+    """Point `alias` at `to` (creating the alias when it is new), atomically and audited. Every serving process
+    resolves it to `to` within MEDKG_SERVING_STATE_TTL (this one at once)."""
+    row = NamespaceAlias.objects.select_for_update().filter(name=alias).select_related("namespace").first()
+    previous = row.namespace.name if row is not None else ""
+    if row is None:
+        row = NamespaceAlias(name=alias, namespace=to, changed_by=changed_by[:200])
+        try:
+            row.full_clean()
+        except ValidationError as error:
+            raise InvalidRequest(f"{alias!r} cannot be an alias: {'; '.join(error.messages)}") from error
+    row.namespace, row.changed_by = to, changed_by[:200]
+    row.save()
+    flip = AliasFlip.objects.create(
+        alias=row, from_namespace=previous, to_namespace=to.name, changed_by=changed_by[:200], reason=reason[:500]
+    )
+    ALIAS_FLIPS.labels(alias=alias).inc()
+    log_event(logger, "alias_flipped", alias=alias, to=to.name, previous=previous, by=changed_by, reason=reason)
+    return flip
+
+
+def standby_attach(
+    *, primary: Namespace, standby: Namespace, purpose: str = StandbyPurpose.ROLLBACK, created_by: str = ""
+) -> NamespaceStandby:
+    """From now on every document accepted for `primary` (and every delete) is also written to `standby`.
+
+    Documents already stored are not copied: a migration's backfill does that (operations.lifecycle)."""
+    if primary.pk == standby.pk:
+        raise InvalidRequest(f"{primary.name} cannot be its own standby.")
+    if primary.kind != standby.kind:
+        raise InvalidRequest(f"{primary.name} is {primary.kind} but {standby.name} is {standby.kind}.")
+    link, created = NamespaceStandby.objects.get_or_create(
+        primary=primary, standby=standby, defaults={"purpose": purpose, "created_by": created_by[:200]}
+    )
+    if not created and link.purpose != purpose:
+        link.purpose = purpose
+        link.save(update_fields=["purpose"])
+    log_event(logger, "standby_attached", primary=primary.name, standby=standby.name, purpose=purpose)
+    return link
+
+
+def standby_detach(*, primary: Namespace, standby: Namespace) -> bool:
+    """Stop mirroring `primary` into `standby`. True when there was such a link."""
+    removed, _ = NamespaceStandby.objects.filter(primary=primary, standby=standby).delete()
+    if removed:
+        log_event(logger, "standby_detached", primary=primary.name, standby=standby.name)
+    return bool(removed)

@@ -201,13 +201,13 @@ def test_concurrent_posts_cannot_together_pass_the_document_limit(synced, tenant
     monkeypatch.setattr("embeddings.ingestion.ingestion_dispatch", lambda **_: None)  # accepting is what is tested
     from embeddings import ingestion
 
-    real_job_create = ingestion._job_create
+    realjob_create = ingestion.job_create
 
-    def slow_job_create(*args: Any) -> Any:  # runs after the usage row is locked: widens the race window
+    def slowjob_create(*args: Any) -> Any:  # runs after the usage row is locked: widens the race window
         time.sleep(0.2)
-        return real_job_create(*args)
+        return realjob_create(*args)
 
-    monkeypatch.setattr(ingestion, "_job_create", slow_job_create)
+    monkeypatch.setattr(ingestion, "job_create", slowjob_create)
     start = threading.Barrier(6)
     statuses: list[int] = []
 

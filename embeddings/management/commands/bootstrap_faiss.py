@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
+from embeddings.ingestion import namespace_provenance
 from embeddings.maintenance import index_bootstrap
 from namespaces.management.base import NamespaceCommand
 
@@ -33,3 +34,10 @@ class Command(NamespaceCommand):
                 f"({report.seconds:.1f} s)"
             )
         )
+        if report.refused:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"refused {report.refused} row(s) embedded by {', '.join(report.refused_provenance)} (not "
+                    f"{namespace_provenance(namespace)}): not indexed, queued to be embedded again from their text"
+                )
+            )
