@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 
 from core.admin import EvidenceAdmin
-from namespaces.models import AccessAuditEvent, Namespace, Tenant, UnauthenticatedRefusalWindow
+from namespaces.models import (
+    AccessAuditEvent,
+    AliasFlip,
+    Namespace,
+    NamespaceAlias,
+    NamespaceStandby,
+    Tenant,
+    UnauthenticatedRefusalWindow,
+)
+from namespaces.services import alias_flip
 
 
 @admin.register(Tenant)
@@ -81,3 +91,66 @@ class UnauthenticatedRefusalWindowAdmin(EvidenceAdmin):
     list_filter = ["reason", "window_start"]
     search_fields = ["client_address", "first_request_id"]
     date_hierarchy = "window_start"
+
+
+class NamespaceAliasForm(forms.ModelForm):
+    reason = forms.CharField(max_length=500, required=False, help_text="Recorded with the flip (why it moved).")
+
+    class Meta:
+        model = NamespaceAlias
+        fields = ["name", "namespace", "description", "reason"]
+
+
+class AliasFlipInline(admin.TabularInline):
+    model = AliasFlip
+    extra = 0
+    can_delete = False
+    fields = ["flipped_at", "from_namespace", "to_namespace", "changed_by", "reason"]
+    readonly_fields = ("flipped_at", "from_namespace", "to_namespace", "changed_by", "reason")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(NamespaceAlias)
+class NamespaceAliasAdmin(admin.ModelAdmin):
+    """A change of target here is an audited flip (namespaces.services.alias_flip), as from namespace_migrate."""
+
+    form = NamespaceAliasForm
+    list_display = ["name", "namespace", "changed_by", "updated_at"]
+    search_fields = ["name", "namespace__name"]
+    inlines = [AliasFlipInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["name", "changed_by", "updated_at"] if obj is not None else ["changed_by", "updated_at"]
+
+    def save_model(self, request: HttpRequest, obj: NamespaceAlias, form: Any, change: bool) -> None:
+        target, reason = form.cleaned_data["namespace"], form.cleaned_data.get("reason", "")
+        flipped = not change or "namespace" in form.changed_data
+        if flipped:
+            flip = alias_flip(alias=obj.name, to=target, changed_by=f"admin:{request.user}", reason=reason)
+            obj.pk = flip.alias_id
+        NamespaceAlias.objects.filter(pk=obj.pk).update(description=obj.description)
+        obj.refresh_from_db()
+
+
+@admin.register(AliasFlip)
+class AliasFlipAdmin(EvidenceAdmin):
+    list_display = ["flipped_at", "alias", "from_namespace", "to_namespace", "changed_by", "reason"]
+    list_filter = ["alias", "flipped_at"]
+    search_fields = ["alias__name", "from_namespace", "to_namespace", "changed_by"]
+    date_hierarchy = "flipped_at"
+
+
+@admin.register(NamespaceStandby)
+class NamespaceStandbyAdmin(admin.ModelAdmin):
+    """Every document accepted for the primary is also ingested into the standby from here on (not before:
+    `namespace_migrate` backfills what is stored)."""
+
+    list_display = ["primary", "standby", "purpose", "created_by", "created_at"]
+    list_filter = ["purpose"]
+    readonly_fields = ["created_by", "created_at"]
+
+    def save_model(self, request: HttpRequest, obj: NamespaceStandby, form: Any, change: bool) -> None:
+        obj.created_by = obj.created_by or f"admin:{request.user}"
+        super().save_model(request, obj, form, change)

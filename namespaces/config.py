@@ -15,7 +15,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
-from namespaces.models import NAMESPACE_NAME_PATTERN, SCOPES, TENANT_SLUG_PATTERN, matryoshka_dims_problem
+from namespaces.models import (
+    ALIAS_NAME_PATTERN,
+    NAMESPACE_NAME_PATTERN,
+    SCOPES,
+    TENANT_SLUG_PATTERN,
+    matryoshka_dims_problem,
+)
 
 VECTOR_STORAGES = ("float32", "float16", "sq8")  # the embedded FAISS store's (embeddings.stores.faiss)
 
@@ -44,6 +50,8 @@ class NamespaceSpec(_Strict):
     query_prompt: str = ""  # prepended to queries before embedding (dense)
     document_prompt: str = ""  # prepended to documents before embedding (dense)
     fallback: str = ""  # namespace that answers while this one's provider is down (same dimension only)
+    standby: str = ""  # namespace that receives every document written here (the rollback target), same kind
+    aliases: list[str] = Field(default_factory=list)  # stable names created pointing here when they do not exist
     enabled: bool = True
     allowed_scopes: list[str] = Field(default_factory=lambda: ["embed:read", "embed:write"])
     allowed_tenants: Literal["all"] | list[str] = "all"
@@ -56,11 +64,19 @@ class NamespaceSpec(_Strict):
             raise ValueError("must look like <kind>.<model>.<dim|auto>.<vN>, e.g. single_vector.minilm.384.v1")
         return value
 
-    @field_validator("fallback")
+    @field_validator("fallback", "standby")
     @classmethod
     def _fallback_shape(cls, value: str) -> str:
         if value and not NAMESPACE_NAME_PATTERN.match(value):
             raise ValueError("must name a namespace, e.g. single_vector.minilm.384.v1")
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _alias_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not ALIAS_NAME_PATTERN.match(name) or NAMESPACE_NAME_PATTERN.match(name)]
+        if bad:
+            raise ValueError(f"{bad} cannot be aliases: dot-separated lowercase parts, not a namespace version")
         return value
 
     @field_validator("allowed_scopes")
@@ -106,6 +122,8 @@ class NamespaceSpec(_Strict):
             raise ValueError(f"matryoshka_dims {self.matryoshka_dims}: {problem}")
         if self.kind == "sparse" and (self.query_prompt or self.document_prompt):
             raise ValueError("query_prompt and document_prompt are for dense namespaces")
+        if self.standby == self.name:
+            raise ValueError("a namespace cannot be its own standby")
         return self
 
 

@@ -138,7 +138,39 @@ def namespace_sync_from_yaml(*, directory: Path, dry_run: bool = False) -> SyncR
                 report.tenants_created.append(slug)
             tenants.append(tenant)
         namespace.allowed_tenants.set(tenants)
+    if not dry_run:
+        _sync_standbys_and_aliases(specs)
     return report
+
+
+SYNCED_BY = "sync_namespaces"
+
+
+def _sync_standbys_and_aliases(specs: list[tuple[Path, NamespaceSpec]]) -> None:
+    """Standby links as the files say (links made by hand or by a migration are left alone); aliases created when
+    missing, never moved: a flip is an operation (alias_flip, namespace_migrate), not configuration."""
+    by_name = {namespace.name: namespace for namespace in Namespace.objects.all()}
+    wanted: set[tuple[str, str]] = set()
+    declared: dict[str, str] = {}
+    for path, spec in specs:
+        primary = by_name[spec.name]
+        if spec.standby:
+            standby = by_name.get(spec.standby)
+            if standby is None:
+                raise ConfigError(str(path), "standby", f"namespace {spec.standby} does not exist")
+            if standby.kind != primary.kind:
+                raise ConfigError(str(path), "standby", f"{spec.standby} is {standby.kind}, not {primary.kind}")
+            wanted.add((spec.name, spec.standby))
+            if not NamespaceStandby.objects.filter(primary=primary, standby=standby).exists():
+                standby_attach(primary=primary, standby=standby, created_by=SYNCED_BY)
+        for alias in spec.aliases:
+            if declared.setdefault(alias, spec.name) != spec.name:
+                raise ConfigError(str(path), "aliases", f"{alias} is declared by {declared[alias]} too")
+            if not NamespaceAlias.objects.filter(name=alias).exists():
+                alias_flip(alias=alias, to=primary, changed_by=SYNCED_BY, reason=f"declared in {path.name}")
+    for link in NamespaceStandby.objects.filter(created_by=SYNCED_BY).select_related("primary", "standby"):
+        if (link.primary.name, link.standby.name) not in wanted:
+            standby_detach(primary=link.primary, standby=link.standby)
 
 
 @dataclass(frozen=True)
