@@ -168,7 +168,9 @@ def _sync_standbys_and_aliases(specs: list[tuple[Path, NamespaceSpec]]) -> None:
                 raise ConfigError(str(path), "aliases", f"{alias} is declared by {declared[alias]} too")
             if not NamespaceAlias.objects.filter(name=alias).exists():
                 alias_flip(alias=alias, to=primary, changed_by=SYNCED_BY, reason=f"declared in {path.name}")
-    for link in NamespaceStandby.objects.filter(created_by=SYNCED_BY).select_related("primary", "standby"):
+    synced_names = [spec.name for _, spec in specs]  # a file set that omits a namespace leaves its links alone
+    links = NamespaceStandby.objects.filter(created_by=SYNCED_BY, primary__name__in=synced_names)
+    for link in links.select_related("primary", "standby"):
         if (link.primary.name, link.standby.name) not in wanted:
             standby_detach(primary=link.primary, standby=link.standby)
 

@@ -26,8 +26,9 @@ from django.utils import timezone
 from core.errors import MedkgError
 from core.logging import log_event
 from embeddings.ingestion import ingestion_pause, ingestion_resume
+from embeddings.models import Document
 from embeddings.providers.registry import provider_for
-from namespaces.models import Namespace
+from namespaces.models import Namespace, NamespaceStandby
 from operations.errors import RollbackRefused
 from operations.kubectl import RollbackKubectl
 from operations.models import (
@@ -149,6 +150,17 @@ def _check_serves_on_service(namespace: Namespace, role: str, service_url: str) 
     return f"{service_url}: {entry.get('detail', 'ready')}"
 
 
+def _standby_state(source: Namespace, legacy: Namespace) -> str:
+    """Whether search after the switch finds the primary's documents: only when the legacy is its standby."""
+    if not NamespaceStandby.objects.filter(primary=source, standby=legacy).exists():
+        return (
+            f"{legacy.name} is not a standby of {source.name}: search will see only documents written to "
+            f"{legacy.name} itself"
+        )
+    behind = Document.objects.filter(namespace=legacy, deleted_at__isnull=True, indexed_version__lt=F("version"))
+    return f"{legacy.name} is the standby of {source.name}; {behind.count()} document(s) still to index"
+
+
 def _drain() -> None:
     """Wait until every serving process has reloaded its routes (operations.serving)."""
     time.sleep(serving_state_ttl() + 0.25)
@@ -196,6 +208,8 @@ def rollback_start(
                 kubectl.scale_up(kubectl.pair.legacy_deployment, replicas_up, undo=False)
         with recorder.step("legacy_ready") as step:
             step["detail"] = _check_serves(legacy, "legacy", service_url)
+        with recorder.step("standby_state") as step:
+            step["detail"] = _standby_state(source, legacy)
         with recorder.step("pause_ingestion") as step:
             event.ingestion_paused = ingestion_pause(
                 namespace=source, reason=f"rollback #{event.pk}: {reason}", changed_by=initiated_by

@@ -20,8 +20,19 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import psycopg
 import pytest
+import yaml
 
-from tests.servers import VENV_BIN, embedded_environment, free_port, log_tail, manage, start, stop, wait_for_health
+from tests.servers import (
+    REPO_ROOT,
+    VENV_BIN,
+    embedded_environment,
+    free_port,
+    log_tail,
+    manage,
+    start,
+    stop,
+    wait_for_health,
+)
 
 NAMESPACE = "single_vector.minilm.384.v1"
 TENANTS = ("tenant-a", "tenant-b", "tenant-c", "tenant-d")
@@ -277,3 +288,66 @@ def test_rebuild_gives_the_same_search_results(stack: Stack) -> None:
         for old, new in zip(before[query], after[query], strict=True):
             assert new["score"] == pytest.approx(old["score"], abs=1e-5)
     assert "paused: nothing" in stack.manage("ingestion", "status")  # resumed afterwards
+
+
+def _served(stack: Stack, tenant: str, query: str, namespace: str = NAMESPACE) -> tuple[str, list[str]]:
+    body = {"tenant_id": tenant, "query": query, "k": 10}
+    response = stack.request("POST", f"/v1/namespaces/{namespace}/search", tenant, body)
+    assert response.status_code == 200, response.text
+    return response.json()["namespace"], [hit["id"] for hit in response.json()["hits"]]
+
+
+def _all_ids(stack: Stack, tenant: str, namespace: str) -> list[str]:
+    return [hit["id"] for hit in stack.search(tenant, "case report", k=500, namespace=namespace)]
+
+
+def test_a_standby_kept_by_the_worker_holds_the_same_ids_and_a_rollback_to_it_searches_them(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Kept last in the module: it links the default namespace to a standby (and unlinks it at the end)."""
+    standby = "single_vector.minilm.384.v2"
+    seed = yaml.safe_load((REPO_ROOT / "config" / "embedding" / "namespaces" / f"{NAMESPACE}.yaml").read_text())
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / f"{standby}.yaml").write_text(yaml.safe_dump({**seed, "name": standby, "aliases": []}))
+    (seeds / f"{NAMESPACE}.yaml").write_text(yaml.safe_dump({**seed, "standby": standby}))
+    stack.manage("sync_namespaces", "--directory", str(seeds))
+    try:
+        sent = documents("s", 90)
+        stack.wait_job("tenant-d", stack.ingest("tenant-d", sent))
+        deadline = time.monotonic() + 120
+        while len(_all_ids(stack, "tenant-d", standby)) < len(sent):  # the standby's own job, on the same worker
+            assert time.monotonic() < deadline, "the standby did not index the documents"
+            time.sleep(0.5)
+        for namespace in (NAMESPACE, standby):
+            ids = _all_ids(stack, "tenant-d", namespace)
+            assert len(ids) == len(set(ids)) == len(sent) and set(ids) == {d["id"] for d in sent}
+        queries = ["cardiology patient", "Case report s number 42 in endocrinology", "neurology responded", "s-7"]
+        before = {query: _served(stack, "tenant-d", query) for query in queries}
+        assert {name for name, _ in before.values()} == {NAMESPACE}
+        assert {query: _served(stack, "tenant-d", query, standby)[1] for query in queries} == {
+            query: ids for query, (_, ids) in before.items()
+        }
+
+        stack.manage("rollback_embeddings", "--namespace", NAMESPACE, "--to", standby, "--reason", "standby test")
+        during = {query: _served(stack, "tenant-d", query) for query in queries}
+        assert {name for name, _ in during.values()} == {standby}
+        assert {q: ids for q, (_, ids) in during.items()} == {q: ids for q, (_, ids) in before.items()}
+        stack.manage("rollback_embeddings", "--undo", "--namespace", NAMESPACE)
+        after = {query: _served(stack, "tenant-d", query) for query in queries}
+        assert after == before
+
+        gone = [d["id"] for d in sent[:10]]
+        response = stack.request(
+            "DELETE", f"/v1/namespaces/{NAMESPACE}/documents", "tenant-d", {"tenant_id": "tenant-d", "ids": gone}
+        )
+        assert response.status_code == 202, response.text
+        stack.wait_job("tenant-d", response.json()["job_id"])
+        deadline = time.monotonic() + 60
+        while set(gone) & set(_all_ids(stack, "tenant-d", standby)):
+            assert time.monotonic() < deadline, "the delete did not reach the standby"
+            time.sleep(0.5)
+        assert set(_all_ids(stack, "tenant-d", NAMESPACE)) == set(_all_ids(stack, "tenant-d", standby))
+    finally:
+        (seeds / f"{NAMESPACE}.yaml").write_text(yaml.safe_dump(seed))
+        stack.manage("sync_namespaces", "--directory", str(seeds))

@@ -187,6 +187,7 @@ def test_rollback_under_load_then_undo(live: Live, vllm_up: VllmStandin) -> None
     assert row["status"] == "undone" and row["restore_seconds"] > 0
     assert [step["name"] for step in json.loads(row["steps"])] == [
         "legacy_ready",
+        "standby_state",
         "pause_ingestion",
         "switch_traffic",
         "drain",

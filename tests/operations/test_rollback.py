@@ -65,11 +65,13 @@ def test_rollback_moves_both_endpoints_and_undo_restores(api, token_a_write, qwe
     assert (event.source_dim, event.target_dim) == (4096, 384)
     assert [step["name"] for step in event.steps] == [
         "legacy_ready",
+        "standby_state",
         "pause_ingestion",
         "switch_traffic",
         "drain",
     ]
     assert all(step["ok"] for step in event.steps)
+    assert event.steps[1]["detail"].startswith(f"{MINILM} is the standby of {QWEN}")  # the seed files link them
     assert 0 < event.rto_seconds <= event.duration_seconds
     assert served(api, token_a_write, "embed") == (MINILM, 384)
     assert served(api, token_a_write, "openai_embeddings") == (MINILM, 384)
@@ -378,6 +380,7 @@ def test_kubectl_rollback_and_undo_run_in_order(api, token_a_write, qwen_served,
     assert [step["name"] for step in event.steps] == [
         "scale_up_legacy",
         "legacy_ready",
+        "standby_state",
         "pause_ingestion",
         "switch_traffic",
         "drain",
