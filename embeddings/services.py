@@ -12,6 +12,7 @@ import numpy as np
 
 from core.errors import (
     BackendError,
+    BackendUnavailable,
     DimensionMismatch,
     InvalidRequest,
     MedkgError,
@@ -21,9 +22,9 @@ from core.errors import (
     UnsupportedNamespaceKind,
 )
 from embeddings import metrics
-from embeddings.providers.base import TermWeights
+from embeddings.providers.base import TermWeights, Tokenized
 from embeddings.providers.registry import embedding_provider_for, sparse_provider_for
-from embeddings.tokenization import token_counts
+from embeddings.tokenization import local_tokenize, token_counts
 from namespaces.models import Namespace, NamespaceKind
 
 logger = logging.getLogger("medkg.embeddings")
@@ -99,12 +100,46 @@ def texts_check_budget(
     return _token_checks(namespace, prompted, exact=exact)
 
 
-def _token_checks(namespace: Namespace, texts: Sequence[str], *, exact: bool = True) -> list[TokenCheck]:
+def _token_checks(
+    namespace: Namespace, texts: Sequence[str], *, exact: bool = True, backend: bool = True
+) -> list[TokenCheck]:
     budget = namespace.max_tokens
-    counts = token_counts(
-        tokenizer=namespace.tokenizer or namespace.model_path, texts=texts, at_most=None if exact else budget
-    )
+    try:
+        counts = token_counts(
+            tokenizer=namespace.tokenizer or namespace.model_path, texts=texts, at_most=None if exact else budget
+        )
+    except TokenizerUnavailable:
+        if not backend:
+            raise
+        counts = [len(tokenized.ids) for tokenized in _backend_tokenize(namespace, texts)]
     return [TokenCheck(i, count, count > budget, budget) for i, count in enumerate(counts)]
+
+
+def _backend_tokenize(namespace: Namespace, texts: Sequence[str]) -> list[Tokenized]:
+    """The serving backend's own tokenization (vLLM's /tokenize), where no local tokenizer loads: the counts are
+    the model's, whatever tokenizer files the image lacks."""
+    provider = embedding_provider_for(namespace) if namespace.kind == NamespaceKind.SINGLE_VECTOR else None
+    if provider is None or not provider.tokenizes:
+        raise TokenizerUnavailable(
+            f"Namespace {namespace.name} has no local tokenizer and its backend serves none.",
+            details={"namespace": namespace.name},
+        )
+    try:
+        return provider.tokenize(texts)
+    except MedkgError as error:
+        metrics.PROVIDER_ERRORS.labels(namespace=namespace.name, code=error.code).inc()
+        raise
+
+
+def texts_tokenize(
+    *, namespace: Namespace, texts: Sequence[str], input_type: InputType = "document"
+) -> list[Tokenized]:
+    """Each text (after its prompt) as the namespace's model tokenizes it: the local tokenizer, else the backend's."""
+    prompted = texts_prompted(namespace=namespace, texts=texts, input_type=input_type)
+    try:
+        return local_tokenize(tokenizer=namespace.tokenizer or namespace.model_path, texts=prompted)
+    except TokenizerUnavailable:
+        return _backend_tokenize(namespace, prompted)
 
 
 def texts_token_counts(*, namespace: Namespace, texts: Sequence[str], input_type: InputType = "document") -> list[int]:
@@ -116,8 +151,8 @@ def texts_token_counts(*, namespace: Namespace, texts: Sequence[str], input_type
         checks: list[TokenCheck] | None = texts_check_budget(
             namespace=namespace, texts=texts, input_type=input_type, exact=False
         )
-    except TokenizerUnavailable:
-        checks = None
+    except (TokenizerUnavailable, BackendUnavailable, BackendError):
+        checks = None  # nothing to count with now: the work is not refused for it (charged 0)
     return _charged_counts(namespace, checks, len(texts))
 
 
@@ -202,7 +237,8 @@ def _budget_checked(
     """Token checks (None without a local tokenizer) and the over-budget indices; refuses them unless `truncate`."""
     try:
         # Truncated texts need only "over the budget?", not their whole count (the refusal names the counts).
-        checks: list[TokenCheck] | None = _token_checks(namespace, texts, exact=not truncate)
+        # A truncating remote backend cuts to the budget itself: no round trip to its tokenizer first.
+        checks: list[TokenCheck] | None = _token_checks(namespace, texts, exact=not truncate, backend=not truncate)
     except TokenizerUnavailable:
         checks = None  # remote providers and Lucene's analyzer without a local tokenizer enforce the budget themselves
     over = [check.text_index for check in checks or [] if check.exceeds_budget]

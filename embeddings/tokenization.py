@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 from core.errors import TokenizerUnavailable
-from embeddings.providers.base import resolve_local_path
+from embeddings.providers.base import Tokenized, resolve_local_path
 
 
 class _ThreadTokenizers:
@@ -34,6 +34,13 @@ class _ThreadTokenizers:
         encoded = self._tokenizer()(list(texts), add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        tokenizer = self._tokenizer()
+        encoded = tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
+        return [
+            Tokenized(ids=list(ids), tokens=list(tokenizer.convert_ids_to_tokens(ids))) for ids in encoded["input_ids"]
+        ]
+
 
 @lru_cache(maxsize=32)
 def _load(spec: str) -> _ThreadTokenizers:
@@ -53,6 +60,13 @@ def _load(spec: str) -> _ThreadTokenizers:
 # text runs 3.5-6 characters per token (SciFact, MiniLM); a prefix that holds at_most tokens or fewer is
 # rare (very long tokens) and then the whole text is counted.
 _PREFIX_CHARACTERS_PER_TOKEN = 8
+
+
+def local_tokenize(*, tokenizer: str, texts: Sequence[str]) -> list[Tokenized]:
+    """Each text's token ids and strings from a local tokenizer, special tokens included, untruncated."""
+    if not tokenizer:
+        raise TokenizerUnavailable("This namespace has no local tokenizer configured.")
+    return _load(tokenizer).tokenize(texts)
 
 
 def token_counts(*, tokenizer: str, texts: Sequence[str], at_most: int | None = None) -> list[int]:

@@ -8,7 +8,7 @@ from medkg.api.v1.documents import DocumentsView
 from medkg.api.v1.embed import EmbedView, OpenAIEmbeddingsView
 from medkg.api.v1.health import HealthView
 from medkg.api.v1.jobs import JobView
-from medkg.api.v1.namespaces import NamespaceListView, NamespaceValidateView
+from medkg.api.v1.namespaces import NamespaceListView, NamespaceTokenizeView, NamespaceValidateView
 from medkg.api.v1.search import HybridSearchView, SearchView
 
 handler400 = "medkg.api.exceptions.json_bad_request"
@@ -22,6 +22,7 @@ urlpatterns = [
     path("v1/embeddings", OpenAIEmbeddingsView.as_view(), name="openai_embeddings"),
     path("v1/namespaces", NamespaceListView.as_view(), name="namespace_list"),
     path("v1/namespaces/<str:namespace>/validate", NamespaceValidateView.as_view(), name="namespace_validate"),
+    path("v1/namespaces/<str:namespace>/tokenize", NamespaceTokenizeView.as_view(), name="namespace_tokenize"),
     path("v1/namespaces/<str:namespace>/documents", DocumentsView.as_view(), name="documents"),
     path("v1/namespaces/<str:namespace>/search", SearchView.as_view(), name="search"),
     path("v1/search", HybridSearchView.as_view(), name="hybrid_search"),

@@ -73,7 +73,7 @@ def namespace_list_for_tenant(*, tenant: Tenant) -> QuerySet[Namespace]:
     granted = Q(allow_all_tenants=True) | Q(
         pk__in=Namespace.allowed_tenants.through.objects.filter(tenant=tenant).values("namespace")
     )
-    return Namespace.objects.filter(granted).prefetch_related("allowed_tenants").order_by("name")
+    return Namespace.objects.filter(granted).prefetch_related("allowed_tenants", "aliases").order_by("name")
 
 
 def _namespace_load(name: str) -> _CachedNamespace | None:

@@ -86,8 +86,23 @@ class Provider(ABC):
         """Whether the provider can serve now, and why not."""
 
 
+@dataclass(frozen=True)
+class Tokenized:
+    """One text as the model's tokenizer cuts it: token ids and their strings, special tokens included."""
+
+    ids: list[int]
+    tokens: list[str]
+
+
 class EmbeddingProvider(Provider):
     """Embeds texts into dense vectors for one single_vector namespace."""
+
+    # True when the backend serves its own tokenizer (vLLM's /tokenize): used where no local tokenizer is.
+    tokenizes = False
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        """The backend's tokenization of each text, in input order (only where `tokenizes`)."""
+        raise NotImplementedError
 
     @abstractmethod
     def embed(self, texts: Sequence[str], *, normalize: bool, truncate: bool) -> np.ndarray:

@@ -11,26 +11,32 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import numpy as np
 from django.conf import settings
 
-from core.errors import BackendError, BackendUnavailable, DimensionMismatch, GpuUnavailable
+from core.errors import BackendError, BackendUnavailable, DimensionMismatch, GpuUnavailable, TokenizerUnavailable
 from embeddings.providers.base import (
     EmbeddingProvider,
     ProviderConfig,
     Readiness,
+    Tokenized,
     expand_environment,
     l2_normalize,
     unset_environment_references,
 )
 
 _HEALTH_CACHE_SECONDS = 5.0
+_TOKENIZE_CONCURRENCY = 8  # vLLM's /tokenize takes one prompt per request: a batch goes out side by side
+_NO_TOKENIZER_SECONDS = 60.0  # a backend without /tokenize (TEI, Infinity, another medkg) is asked again after this
 
 
 class VllmHttpProvider(EmbeddingProvider):
+    tokenizes = True
+
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         timeout = float(config.parameter("timeout_seconds", settings.MEDKG_PROVIDER_TIMEOUT_SECONDS))
@@ -40,6 +46,8 @@ class VllmHttpProvider(EmbeddingProvider):
         )
         self._health: tuple[float, Readiness] | None = None
         self._health_lock = threading.Lock()
+        self._tokenize_pool = ThreadPoolExecutor(_TOKENIZE_CONCURRENCY, thread_name_prefix="medkg-tokenize")
+        self._no_tokenizer_until = 0.0
 
     # --- configuration -------------------------------------------------------------------
     def _unavailable(self, message: str, details: dict[str, Any]) -> BackendUnavailable:
@@ -83,6 +91,10 @@ class VllmHttpProvider(EmbeddingProvider):
         body: dict[str, Any] = {"model": self._served_model(), "input": texts, "encoding_format": "float"}
         if truncate:
             body["truncate_prompt_tokens"] = self.config.max_tokens
+        return self._parse(self._post(url, body), len(texts))
+
+    def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
+        """The backend's answer to `body`; transport failures 503, refusals 502."""
         try:
             response = self._client.post(url, json=body, headers=self._headers())
         except httpx.TimeoutException as error:
@@ -98,7 +110,39 @@ class VllmHttpProvider(EmbeddingProvider):
                 f"Embedding backend refused the request ({response.status_code}).",
                 details={"backend": url, "backend_status": response.status_code, "backend_body": response.text[:500]},
             )
-        return self._parse(response, len(texts))
+        return response
+
+    # --- tokenization (vLLM's POST /tokenize: the served model's own tokenizer) ----------
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        url = f"{self.base_url()}/tokenize"
+        if time.monotonic() < self._no_tokenizer_until:
+            raise self._no_tokenizer(url)
+        try:
+            return list(self._tokenize_pool.map(lambda text: self._tokenize_one(url, text), texts))
+        except BackendError as error:
+            if error.details.get("backend_status") not in (404, 405):
+                raise
+            # An OpenAI-compatible server that is not vLLM: no tokenizer to count with, as without a local one.
+            self._no_tokenizer_until = time.monotonic() + _NO_TOKENIZER_SECONDS
+            raise self._no_tokenizer(url) from error
+
+    def _no_tokenizer(self, url: str) -> TokenizerUnavailable:
+        return TokenizerUnavailable(
+            f"Namespace {self.config.namespace} has no local tokenizer and its backend serves no /tokenize.",
+            details={"namespace": self.config.namespace, "backend": url},
+        )
+
+    def _tokenize_one(self, url: str, text: str) -> Tokenized:
+        body = {"model": self._served_model(), "prompt": text, "add_special_tokens": True, "return_token_strs": True}
+        response = self._post(url, body)
+        try:
+            answer = response.json()
+            ids = [int(token) for token in answer["tokens"]]
+            strings = answer.get("token_strs") or []
+            tokens = [str(token) for token in strings] if len(strings) == len(ids) else [""] * len(ids)
+        except (ValueError, KeyError, TypeError) as error:
+            raise BackendError(f"Tokenizer backend sent an unreadable answer: {error}") from error
+        return Tokenized(ids=ids, tokens=tokens)
 
     def _parse(self, response: httpx.Response, expected: int) -> np.ndarray:
         try:

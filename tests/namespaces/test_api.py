@@ -32,8 +32,8 @@ def test_list_query_count_does_not_grow_with_namespaces(
         base.allow_all_tenants = index % 2 == 0
         base.save()
         base.allowed_tenants.set([tenant_a])
-    # tenant lookup + namespaces + prefetch of grants, whatever the number of namespaces
-    with django_assert_max_num_queries(3):
+    # tenant lookup + namespaces + prefetch of grants + prefetch of aliases, whatever the number of namespaces
+    with django_assert_max_num_queries(4):
         response = api.get("/v1/namespaces", token=token_a_read)
     assert len(response.json()["namespaces"]) == seeded + 10
 
@@ -69,6 +69,11 @@ def test_validate_all_within_budget_is_valid(api, synced, token_a_read):
 
 
 @pytest.mark.django_db
-def test_validate_without_local_tokenizer_is_503(api, synced, token_a_read):
+def test_validate_without_local_tokenizer_and_without_its_backend_is_503(api, synced, token_a_read, monkeypatch):
+    """The backend's /tokenize counts instead (tests/operations/test_backend_tokenizer.py); here VLLM_URL is unset."""
+    monkeypatch.delenv("VLLM_URL", raising=False)
     response = api.post("/v1/namespaces/single_vector.qwen3.4096.v1/validate", {"texts": ["a"]}, token=token_a_read)
-    assert_error(response, 503, "tokenizer_unavailable")
+    assert_error(response, 503, "gpu_unavailable")
+    assert "VLLM_URL" in response.json()["error"]["message"]
+    sparse = api.post("/v1/namespaces/sparse.bm25.auto.v1/validate", {"texts": ["a"]}, token=token_a_read)
+    assert_error(sparse, 503, "tokenizer_unavailable")  # Lucene's analyzer has no tokenizer to count with

@@ -1,6 +1,9 @@
-"""GET /v1/namespaces (what the tenant may use) and POST /v1/namespaces/{ns}/validate (texts against the budget)."""
+"""GET /v1/namespaces (what the tenant may use), POST /v1/namespaces/{ns}/validate (texts against the budget) and
+POST /v1/namespaces/{ns}/tokenize (texts as the model tokenizes them)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -9,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embeddings.metrics import request_observed
-from embeddings.services import INPUT_TYPES, texts_check_budget
+from embeddings.services import INPUT_TYPES, texts_check_budget, texts_tokenize
 from medkg.api.access import namespace_granted
 from medkg.api.fields import NoUnknownFieldsSerializer, StrictCharField, TextsField
 from medkg.api.permissions import check_claimed_tenant, principal_of
@@ -23,6 +26,12 @@ class NamespaceInfoSerializer(serializers.ModelSerializer):
     allowed_tenants = serializers.SerializerMethodField()
     matryoshka_dims = serializers.ListField(
         child=serializers.IntegerField(), help_text="Sizes below dim that `dimensions` may ask for."
+    )
+    aliases: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        many=True,
+        read_only=True,
+        slug_field="name",
+        help_text="Stable names that resolve to this version now (usable wherever a namespace name is).",
     )
 
     class Meta:
@@ -46,6 +55,7 @@ class NamespaceInfoSerializer(serializers.ModelSerializer):
             "enabled",
             "allowed_scopes",
             "allowed_tenants",
+            "aliases",
             "description",
         ]
 
@@ -122,3 +132,46 @@ class NamespaceValidateView(APIView):
             "results": checks,
         }
         return Response(ValidateOutputSerializer(body).data)
+
+
+class TokenizeInputSerializer(ValidateInputSerializer):
+    pass
+
+
+class TokenizedSerializer(serializers.Serializer):
+    text_index = serializers.IntegerField()
+    token_count = serializers.IntegerField()
+    ids = serializers.ListField(child=serializers.IntegerField())
+    tokens = serializers.ListField(child=serializers.CharField(allow_blank=True, trim_whitespace=False))
+
+
+class TokenizeOutputSerializer(serializers.Serializer):
+    namespace = serializers.CharField()
+    max_tokens = serializers.IntegerField()
+    results = TokenizedSerializer(many=True)
+
+
+class NamespaceTokenizeView(APIView):
+    """Each text as the namespace's model tokenizes it (prompt and special tokens included, untruncated): its local
+    tokenizer, or the serving backend's own (vLLM's /tokenize) where none is installed."""
+
+    required_scope = "embed:read"
+
+    @extend_schema(
+        request=TokenizeInputSerializer, responses={200: TokenizeOutputSerializer}, operation_id="namespace_tokenize"
+    )
+    def post(self, request: Request, namespace: str) -> Response:
+        check_claimed_tenant(request)
+        payload = TokenizeInputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        found = namespace_granted(request, name=namespace, scope=self.required_scope)
+        with request_observed(namespace=found.name, endpoint="namespace_tokenize"):
+            tokenized = texts_tokenize(
+                namespace=found, texts=payload.validated_data["texts"], input_type=payload.validated_data["input_type"]
+            )
+        results = [
+            {"text_index": i, "token_count": len(item.ids), "ids": item.ids, "tokens": item.tokens}
+            for i, item in enumerate(tokenized)
+        ]
+        body = {"namespace": found.name, "max_tokens": found.max_tokens, "results": results}
+        return Response(TokenizeOutputSerializer(body).data)
