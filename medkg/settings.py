@@ -250,6 +250,10 @@ MEDKG_DYNAMIC_BATCHING = env.bool("MEDKG_DYNAMIC_BATCHING", default=True)
 # share of each pass while interactive work also waits.
 MEDKG_SCHEDULER_MAX_PASS_TOKENS = positive_int("MEDKG_SCHEDULER_MAX_PASS_TOKENS", 1024)
 MEDKG_SCHEDULER_BULK_SHARE = env.float("MEDKG_SCHEDULER_BULK_SHARE", default=0.25)
+# Remote backends (vLLM): requests in flight per namespace and process, and tokens per request; 0 sends each call
+# straight through, unscheduled. A namespace's parameters max_concurrency / max_pass_tokens override them.
+MEDKG_REMOTE_MAX_CONCURRENCY = env.int("MEDKG_REMOTE_MAX_CONCURRENCY", default=8)
+MEDKG_REMOTE_MAX_PASS_TOKENS = positive_int("MEDKG_REMOTE_MAX_PASS_TOKENS", 16384)
 if not 0 <= MEDKG_SCHEDULER_BULK_SHARE < 1:
     raise ImproperlyConfigured("MEDKG_SCHEDULER_BULK_SHARE must be at least 0 and below 1")
 # In-process models run their batches as passes sorted by token count (embeddings/providers/sorted_encode.py).

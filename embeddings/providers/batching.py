@@ -124,6 +124,7 @@ class DynamicBatcher:
         encode: EncodeFunction,
         limits: BatchingLimits,
         weight_of: WeightFunction = tenant_weight,
+        workers: int = 1,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -136,8 +137,14 @@ class DynamicBatcher:
         self._queued = dict.fromkeys(_CLASS_ORDER, 0)  # texts not yet handed to a pass
         self._ready = threading.Condition()
         self._last_requests = 1
-        self._worker = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
+        # One worker: an in-process model runs one pass at a time. Several: a remote backend (vLLM) batches the
+        # passes in flight itself; the workers bound how many, and each pass is formed as fairly as a lone one.
+        self._workers = [
+            threading.Thread(target=self._run, name=f"batcher-{name}-{index}", daemon=True)
+            for index in range(max(1, workers))
+        ]
+        for worker in self._workers:
+            worker.start()
 
     @property
     def quantum(self) -> int:
@@ -306,13 +313,13 @@ _batchers_lock = threading.Lock()
 
 
 def batcher_for(
-    key: tuple[object, ...], *, name: str, encode: EncodeFunction, limits: BatchingLimits
+    key: tuple[object, ...], *, name: str, encode: EncodeFunction, limits: BatchingLimits, workers: int = 1
 ) -> DynamicBatcher:
-    """One batcher (and worker thread) per process and key: the model and the encode options."""
+    """One batcher (and its worker threads) per process and key: the model and the encode options."""
     with _batchers_lock:
         batcher = _batchers.get(key)
         if batcher is None:
-            batcher = _batchers[key] = DynamicBatcher(name=name, encode=encode, limits=limits)
+            batcher = _batchers[key] = DynamicBatcher(name=name, encode=encode, limits=limits, workers=workers)
         return batcher
 
 

@@ -28,6 +28,7 @@ from embeddings.providers.base import (
     l2_normalize,
     unset_environment_references,
 )
+from embeddings.providers.batching import BatchingLimits, DynamicBatcher, batcher_for
 
 _HEALTH_CACHE_SECONDS = 5.0
 _TOKENIZE_CONCURRENCY = 8  # vLLM's /tokenize takes one prompt per request: a batch goes out side by side
@@ -82,10 +83,39 @@ class VllmHttpProvider(EmbeddingProvider):
     # --- embedding -----------------------------------------------------------------------
     def embed(self, texts: Sequence[str], *, normalize: bool, truncate: bool) -> np.ndarray:
         url = f"{self.base_url()}/v1/embeddings"
-        step = self.config.batch_size
-        parts = [self._embed_batch(url, list(texts[i : i + step]), truncate) for i in range(0, len(texts), step)]
-        vectors = np.vstack(parts) if parts else np.zeros((0, self.config.dim or 0), dtype=np.float32)
+        concurrency = int(self.config.parameter("max_concurrency", settings.MEDKG_REMOTE_MAX_CONCURRENCY))
+        if concurrency > 0 and texts:
+            vectors = self._scheduler(url, truncate, concurrency).submit(
+                texts, timeout=settings.MEDKG_PROVIDER_TIMEOUT_SECONDS
+            )
+        else:
+            vectors = self._embed_all(url, list(texts), truncate)
         return l2_normalize(vectors) if normalize else vectors
+
+    def _embed_all(self, url: str, texts: list[str], truncate: bool) -> np.ndarray:
+        step = self.config.batch_size
+        parts = [self._embed_batch(url, texts[i : i + step], truncate) for i in range(0, len(texts), step)]
+        return np.vstack(parts) if parts else np.zeros((0, self.config.dim or 0), dtype=np.float32)
+
+    def _scheduler(self, url: str, truncate: bool, concurrency: int) -> DynamicBatcher:
+        """The model scheduler in front of the backend: at most `concurrency` requests in flight from this process,
+        each formed interactive-first and fair between tenants (embeddings/providers/batching.py), so one tenant's
+        bulk cannot fill the backend's queue ahead of another's single text."""
+        limits = BatchingLimits(
+            max_batch_size=self.config.batch_size,
+            max_wait_time_ms=0.0,  # the backend batches what is in flight itself: nothing to wait for here
+            max_pass_tokens=int(self.config.parameter("max_pass_tokens", settings.MEDKG_REMOTE_MAX_PASS_TOKENS)),
+            max_text_tokens=self.config.max_tokens,
+            bulk_share=settings.MEDKG_SCHEDULER_BULK_SHARE,
+        )
+        key = ("remote", self.config, url, truncate, concurrency)
+        return batcher_for(
+            key,
+            name=self.config.namespace,
+            encode=lambda batch: self._embed_all(url, batch, truncate),
+            limits=limits,
+            workers=concurrency,
+        )
 
     def _embed_batch(self, url: str, texts: list[str], truncate: bool) -> np.ndarray:
         body: dict[str, Any] = {"model": self._served_model(), "input": texts, "encoding_format": "float"}
