@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -23,7 +24,7 @@ import numpy as np
 import orjson
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from core.errors import BackendUnavailable, MedkgError
@@ -139,7 +140,10 @@ def ingestion_requeue(
     for job in jobs:
         if ingestion_is_paused(namespace=job.namespace):
             continue
-        IngestionJob.objects.filter(pk=job.pk, status__in=list(statuses)).update(status=JobStatus.QUEUED)
+        # The lease of a step its worker died in is lifted: the job is free for the next fair step.
+        IngestionJob.objects.filter(pk=job.pk, status__in=list(statuses)).update(
+            status=JobStatus.QUEUED, stepping_until=None
+        )
         transaction.on_commit(partial(ingestion_dispatch, job_id=job.pk))
         requeued.append(job)
     return requeued
@@ -335,11 +339,12 @@ def _documents_delete_once(
 
 
 def ingestion_dispatch(*, job_id: UUID) -> None:
-    """Run the job on a Celery worker when a broker is configured; otherwise in this process."""
+    """Run the job on Celery workers when a broker is configured (one fair step per task); otherwise in this
+    process."""
     if settings.CELERY_BROKER_URL:
-        from embeddings.tasks import ingestion_job_task
+        from embeddings.tasks import ingestion_step_task
 
-        ingestion_job_task.delay(str(job_id))
+        ingestion_step_task.delay()
     elif settings.MEDKG_INGESTION_LOCAL_MODE == "inline":
         ingestion_job_run(job_id=job_id)
     else:
@@ -401,6 +406,46 @@ def _local_runner() -> _LocalRunner:
         if _local_runner_instance is None:
             _local_runner_instance = _LocalRunner()
         return _local_runner_instance
+
+
+# How long a worker may hold a step before another may take the job (a step takes seconds; a dead worker's lease
+# is also lifted when it restarts, ingestion_requeue).
+STEP_LEASE = timedelta(minutes=15)
+_UNFINISHED_RUNNABLE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def ingestion_step_fair(*, worker: str = "") -> tuple[UUID | None, str]:
+    """One step of the job whose tenant waited longest for a step, database-wide: the Celery workers' fair pick.
+
+    Every accepted job puts one task on the broker; a task takes a step of whichever job is fairest now (not
+    necessarily its own) and puts itself back while that job has steps left. So there are as many tasks as
+    unfinished jobs, and a tenant's new job is stepped by the next task any worker takes, whatever another
+    tenant's backlog: its wait is at most the steps in flight. (job, status after the step); (None, "idle").
+    """
+    job_id = _claim_fair()
+    if job_id is None:
+        return None, "idle"
+    try:
+        return job_id, ingestion_job_step(job_id=job_id, worker=worker)
+    finally:
+        IngestionJob.objects.filter(pk=job_id).update(stepping_until=None)
+
+
+def _claim_fair() -> UUID | None:
+    now = timezone.now()
+    unfinished = IngestionJob.objects.filter(status__in=_UNFINISHED_RUNNABLE)
+    # A tenant's turn: its latest step over all its unfinished jobs (one being stepped now counts as now).
+    last_turn = dict(unfinished.values("tenant").annotate(last=Max("last_step_at")).values_list("tenant", "last"))
+    free = Q(stepping_until__isnull=True) | Q(stepping_until__lt=now)
+    candidates = unfinished.filter(free).order_by("created_at").values_list("pk", "tenant")[:1000]
+    never = now - timedelta(days=36500)
+    for pk, _ in sorted(candidates, key=lambda row: last_turn.get(row[1]) or never):  # stable: oldest job first
+        claimed = IngestionJob.objects.filter(free, pk=pk, status__in=_UNFINISHED_RUNNABLE).update(
+            stepping_until=now + STEP_LEASE, last_step_at=now
+        )
+        if claimed:
+            return UUID(str(pk))
+    return None
 
 
 def ingestion_job_run(*, job_id: UUID | str, worker: str = "") -> str:

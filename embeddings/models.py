@@ -114,6 +114,10 @@ class IngestionJob(models.Model):
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Times a worker started on it")
     worker = models.CharField(max_length=200, blank=True, help_text="Celery node that ran it last")
+    last_step_at = models.DateTimeField(null=True, blank=True, help_text="When a worker last took a step of it")
+    stepping_until = models.DateTimeField(
+        null=True, blank=True, help_text="A worker is on a step of it until then (a lease: a dead worker's expires)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

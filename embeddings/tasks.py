@@ -12,7 +12,8 @@ from django.db import transaction
 
 from core.errors import BackendUnavailable
 from core.logging import log_event
-from embeddings.ingestion import ingestion_job_run, ingestion_requeue
+from embeddings.ingestion import ingestion_requeue, ingestion_step_fair
+from embeddings.models import JobStatus
 
 logger = logging.getLogger("medkg.embeddings.tasks")
 
@@ -28,7 +29,28 @@ logger = logging.getLogger("medkg.embeddings.tasks")
     max_retries=20,
 )
 def ingestion_job_task(self: Task, job_id: str) -> str:
-    return ingestion_job_run(job_id=job_id, worker=self.request.hostname or "")
+    """A message of an earlier version (one task ran a whole job): now a fair step, like every accepted job."""
+    ingestion_step_task.delay()
+    return f"{job_id}: handed to the fair steps"
+
+
+@shared_task(
+    bind=True,
+    name="embeddings.ingestion_step",
+    acks_late=True,  # a worker killed mid-step leaves the message to be delivered again
+    reject_on_worker_lost=True,
+    autoretry_for=(BackendUnavailable,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    max_retries=None,  # the task stands for an accepted job: it must not vanish while the backend is down
+)
+def ingestion_step_task(self: Task) -> str:
+    """One fair step of some unfinished job (embeddings.ingestion.ingestion_step_fair); queued again while that
+    job has steps left, so each unfinished job keeps one task on the broker."""
+    job_id, status = ingestion_step_fair(worker=self.request.hostname or "")
+    if status == JobStatus.RUNNING:
+        ingestion_step_task.delay()
+    return f"{job_id}: {status}" if job_id else status
 
 
 @worker_ready.connect

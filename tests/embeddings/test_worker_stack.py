@@ -208,7 +208,7 @@ def test_ingest_and_search_through_a_real_worker(stack: Stack) -> None:
     assert job["processed"] == job["total"] == 30
     hits = stack.search("tenant-a", sent[17]["text"], k=3)
     assert hits[0]["id"] == "a-17" and hits[0]["metadata"] == sent[17]["metadata"]
-    assert "embeddings.ingestion_job" in stack.logs[0].read_text(errors="replace")  # the worker ran it, not the web
+    assert "Task embeddings.ingestion_step[" in stack.logs[0].read_text(errors="replace")  # the worker ran it
     assert stack.search("tenant-b", "Case report a number 17", k=50) == []  # another tenant sees nothing
 
 
@@ -288,6 +288,34 @@ def test_rebuild_gives_the_same_search_results(stack: Stack) -> None:
         for old, new in zip(before[query], after[query], strict=True):
             assert new["score"] == pytest.approx(old["score"], abs=1e-5)
     assert "paused: nothing" in stack.manage("ingestion", "status")  # resumed afterwards
+
+
+def test_a_tenants_backlog_delays_another_tenants_job_by_at_most_a_step(stack: Stack) -> None:
+    """Each Celery task takes one step of the job whose tenant waited longest (embeddings.ingestion_step_fair):
+    run in arrival order, the backlog's 15 steps would all go first."""
+    backlog = [stack.ingest("tenant-a", documents(f"backlog{j}", 3 * STEP)) for j in range(5)]
+
+    def backlog_processed() -> int:
+        return sum(stack.job("tenant-a", job_id)["processed"] for job_id in backlog)
+
+    deadline = time.monotonic() + 120
+    while backlog_processed() == 0:  # the backlog is being worked on
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    before = backlog_processed()
+    small = stack.ingest("tenant-c", documents("late", 5))
+    while stack.job("tenant-c", small)["status"] != "succeeded":
+        after = backlog_processed()
+        assert time.monotonic() < deadline + 120
+        time.sleep(0.05)
+    steps = (after - before) / STEP
+    print(f"\ntenant-c's 1-step job behind tenant-a's 15-step backlog: {steps:.0f} backlog step(s) ran meanwhile")
+    assert steps <= 2, f"{steps:.0f} steps of tenant-a's backlog ran before tenant-c's 1-step job finished"
+    for job_id in backlog:
+        stack.wait_job("tenant-a", job_id)
+    ids = [hit["id"] for hit in stack.search("tenant-a", "Case report backlog", k=1000)]
+    backlog_ids = {i for i in ids if i.startswith("backlog")}
+    assert len(backlog_ids) == 5 * 3 * STEP and len(ids) == len(set(ids))
 
 
 def _served(stack: Stack, tenant: str, query: str, namespace: str = NAMESPACE) -> tuple[str, list[str]]:
