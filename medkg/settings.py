@@ -310,6 +310,7 @@ if MEDKG_SPARSE_STORE not in SPARSE_STORES:
     raise ImproperlyConfigured(f"MEDKG_SPARSE_STORE must be one of {sorted(SPARSE_STORES)}, not {MEDKG_SPARSE_STORE!r}")
 MEDKG_MAX_DOCUMENTS_PER_REQUEST = positive_int("MEDKG_MAX_DOCUMENTS_PER_REQUEST", 1000)
 MEDKG_MAX_SEARCH_K = positive_int("MEDKG_MAX_SEARCH_K", 1000)
+MEDKG_MAX_RERANK_DOCUMENTS = positive_int("MEDKG_MAX_RERANK_DOCUMENTS", 1000)  # per /v1/rerank request
 # One limit on a document's metadata, checked when it is accepted: what is stored can always be returned by search.
 MEDKG_METADATA_MAX_DEPTH = min(positive_int("MEDKG_METADATA_MAX_DEPTH", 16), 64)
 MEDKG_METADATA_MAX_BYTES = positive_int("MEDKG_METADATA_MAX_BYTES", 16 * 1024)

@@ -9,6 +9,7 @@ from medkg.api.v1.embed import EmbedView, OpenAIEmbeddingsView
 from medkg.api.v1.health import HealthView
 from medkg.api.v1.jobs import JobView
 from medkg.api.v1.namespaces import NamespaceListView, NamespaceTokenizeView, NamespaceValidateView
+from medkg.api.v1.rerank import RerankView
 from medkg.api.v1.search import HybridSearchView, SearchView
 
 handler400 = "medkg.api.exceptions.json_bad_request"
@@ -26,6 +27,7 @@ urlpatterns = [
     path("v1/namespaces/<str:namespace>/documents", DocumentsView.as_view(), name="documents"),
     path("v1/namespaces/<str:namespace>/search", SearchView.as_view(), name="search"),
     path("v1/search", HybridSearchView.as_view(), name="hybrid_search"),
+    path("v1/rerank", RerankView.as_view(), name="rerank"),
     path("v1/jobs/<str:job_id>", JobView.as_view(), name="job"),
     path("v1/schema", SpectacularAPIView.as_view(), name="schema"),
     path("v1/docs", SpectacularRedocView.as_view(url_name="schema"), name="docs"),

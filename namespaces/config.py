@@ -21,6 +21,7 @@ from namespaces.models import (
     SCOPES,
     TENANT_SLUG_PATTERN,
     matryoshka_dims_problem,
+    reranker_fields_problem,
 )
 
 VECTOR_STORAGES = ("float32", "float16", "sq8")  # the embedded FAISS store's (embeddings.stores.faiss)
@@ -32,7 +33,7 @@ class _Strict(BaseModel):
 
 class NamespaceSpec(_Strict):
     name: str
-    kind: Literal["single_vector", "sparse", "multi_vector"]
+    kind: Literal["single_vector", "sparse", "multi_vector", "reranker"]
     provider: str = Field(min_length=1)
     model_id: str = Field(min_length=1)
     model_path: str = ""
@@ -115,7 +116,15 @@ class NamespaceSpec(_Strict):
             raise ValueError(f"kind {self.kind!r} differs from the name's {match['kind']!r}")
         if match["dim"] != "auto" and int(match["dim"]) != self.dim:
             raise ValueError(f"dim {self.dim} differs from the name's {match['dim']}")
-        if self.kind != "sparse" and self.dim is None:
+        if self.kind == "reranker":
+            refused = reranker_fields_problem(
+                dim=self.dim,
+                prompts=bool(self.query_prompt or self.document_prompt),
+                matryoshka=bool(self.matryoshka_dims),
+            )
+            if refused:
+                raise ValueError(f"{refused[0]}: {refused[1]}")
+        elif self.kind != "sparse" and self.dim is None:
             raise ValueError("dim is required for dense namespaces")
         problem = matryoshka_dims_problem(self.matryoshka_dims, self.dim)
         if problem:

@@ -9,7 +9,7 @@ from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 NAMESPACE_NAME_PATTERN = re.compile(
-    r"^(?P<kind>single_vector|sparse|multi_vector)\.(?P<model>[a-z0-9][a-z0-9_\-]*)\."
+    r"^(?P<kind>single_vector|sparse|multi_vector|reranker)\.(?P<model>[a-z0-9][a-z0-9_\-]*)\."
     r"(?P<dim>[1-9][0-9]*|auto)\.v(?P<version>[1-9][0-9]*)$"
 )
 TENANT_SLUG_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,62}$"
@@ -96,6 +96,7 @@ class NamespaceKind(models.TextChoices):
     SINGLE_VECTOR = "single_vector", "single vector (dense)"
     SPARSE = "sparse", "sparse (term weights)"
     MULTI_VECTOR = "multi_vector", "multi vector (late interaction)"
+    RERANKER = "reranker", "reranker (cross-encoder scores)"
 
 
 class Pooling(models.TextChoices):
@@ -118,6 +119,17 @@ def matryoshka_dims_problem(sizes: object, dim: int | None) -> str | None:
         return f"each size must be between 1 and {dim - 1} (the full dimension {dim} is always allowed)"
     if len(set(sizes)) != len(sizes):
         return "sizes must be unique"
+    return None
+
+
+def reranker_fields_problem(*, dim: int | None, prompts: bool, matryoshka: bool) -> tuple[str, str] | None:
+    """The field a reranker namespace may not set and why (None when it sets none): shared by the admin and YAML."""
+    if dim is not None:
+        return "dim", "a reranker has no dimension: leave dim empty and name it reranker.<model>.auto.<vN>"
+    if prompts:
+        return "query_prompt", "prompts are for dense namespaces, a reranker scores the texts as sent"
+    if matryoshka:
+        return "matryoshka_dims", "a reranker has no vectors to shorten"
     return None
 
 
@@ -199,7 +211,9 @@ class Namespace(models.Model):
             raise ValidationError({"kind": f"the name says {match['kind']!r}"})
         if match["dim"] != "auto" and int(match["dim"]) != self.dim:
             raise ValidationError({"dim": f"the name says {match['dim']}"})
-        if self.kind != NamespaceKind.SPARSE and not self.dim:
+        if self.kind == NamespaceKind.RERANKER:
+            self._clean_reranker()
+        elif self.kind != NamespaceKind.SPARSE and not self.dim:
             raise ValidationError({"dim": "dense namespaces need a dimension"})
         if self.fallback and (self.fallback == self.name or not NAMESPACE_NAME_PATTERN.match(self.fallback)):
             raise ValidationError({"fallback": "must name another namespace"})
@@ -211,6 +225,14 @@ class Namespace(models.Model):
         unknown = set(self.allowed_scopes or []) - set(SCOPES)
         if unknown:
             raise ValidationError({"allowed_scopes": f"unknown scopes: {sorted(unknown)}"})
+
+    def _clean_reranker(self) -> None:
+        """A reranker scores (query, document) pairs: it has no vector size and sees both texts as they are."""
+        problem = reranker_fields_problem(
+            dim=self.dim, prompts=bool(self.query_prompt or self.document_prompt), matryoshka=bool(self.matryoshka_dims)
+        )
+        if problem:
+            raise ValidationError({problem[0]: problem[1]})
 
 
 class AccessRefusalReason(models.TextChoices):

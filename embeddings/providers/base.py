@@ -127,6 +127,17 @@ class SparseProvider(Provider):
         """Term weights per text, in input order: every weight finite and > 0, at most the side's top_k_terms."""
 
 
+class RerankProvider(Provider):
+    """Scores (query, document) pairs for one reranker namespace: a cross-encoder, in process or on a server."""
+
+    @abstractmethod
+    def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        """Relevance of each document to the query, float32 (len(documents),), in input order; higher is better.
+
+        Each pair is cut to the namespace's max_tokens, never refused: a long document is still ranked, on its start.
+        """
+
+
 def resolve_local_path(spec: str) -> Path:
     """A folder named by `package:NAME/sub/path` (inside an installed package) or a filesystem path."""
     if spec.startswith("package:"):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from core.backends import backend_class
 from core.errors import UnsupportedNamespaceKind
-from embeddings.providers.base import EmbeddingProvider, Provider, ProviderConfig, SparseProvider
+from embeddings.providers.base import EmbeddingProvider, Provider, ProviderConfig, RerankProvider, SparseProvider
 
 if TYPE_CHECKING:
     from namespaces.models import Namespace
@@ -22,6 +22,8 @@ PROVIDERS: dict[str, str] = {
     "vllm_http": "embeddings.providers.vllm_http.VllmHttpProvider",
     "splade": "embeddings.providers.splade.SpladeProvider",
     "bm25": "embeddings.providers.bm25.Bm25Provider",
+    "cross_encoder": "embeddings.providers.cross_encoder.CrossEncoderProvider",
+    "vllm_rerank": "embeddings.providers.vllm_rerank.VllmRerankProvider",
 }
 
 _instances: dict[ProviderConfig, Provider] = {}
@@ -62,6 +64,10 @@ def embedding_provider_for(namespace: Namespace) -> EmbeddingProvider:
 
 def sparse_provider_for(namespace: Namespace) -> SparseProvider:
     return _provider_of_kind(namespace, SparseProvider, "term weights")  # type: ignore[type-abstract]
+
+
+def rerank_provider_for(namespace: Namespace) -> RerankProvider:
+    return _provider_of_kind(namespace, RerankProvider, "relevance scores")  # type: ignore[type-abstract]
 
 
 def providers_reset() -> None:
