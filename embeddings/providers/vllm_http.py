@@ -121,23 +121,24 @@ class VllmHttpProvider(EmbeddingProvider):
         body: dict[str, Any] = {"model": self._served_model(), "input": texts, "encoding_format": "float"}
         if truncate:
             body["truncate_prompt_tokens"] = self.config.max_tokens
-        return self._parse(self._post(url, body), len(texts))
+        return self._parse(self.post_json(url, body), len(texts))
 
-    def _post(self, url: str, body: dict[str, Any]) -> httpx.Response:
-        """The backend's answer to `body`; transport failures 503, refusals 502."""
+    def post_json(self, url: str, body: dict[str, Any], *, role: str = "Embedding") -> httpx.Response:
+        """The backend's answer to `body` (also for the reranker client on the same server): transport failures and
+        overload 503, refusals 502; `role` names the backend in the message."""
         try:
             response = self._client.post(url, json=body, headers=self._headers())
         except httpx.TimeoutException as error:
-            raise BackendUnavailable(f"Embedding backend timed out: {url}", details={"backend": url}) from error
+            raise BackendUnavailable(f"{role} backend timed out: {url}", details={"backend": url}) from error
         except httpx.HTTPError as error:
             raise self._unavailable(
-                f"Embedding backend unreachable: {url} ({type(error).__name__})", details={"backend": url}
+                f"{role} backend unreachable: {url} ({type(error).__name__})", details={"backend": url}
             ) from error
         if response.status_code >= 500 or response.status_code in (408, 429):
-            raise BackendUnavailable(f"Embedding backend answered {response.status_code}.", details={"backend": url})
+            raise BackendUnavailable(f"{role} backend answered {response.status_code}.", details={"backend": url})
         if response.status_code >= 400:
             raise BackendError(
-                f"Embedding backend refused the request ({response.status_code}).",
+                f"{role} backend refused the request ({response.status_code}).",
                 details={"backend": url, "backend_status": response.status_code, "backend_body": response.text[:500]},
             )
         return response
@@ -164,7 +165,7 @@ class VllmHttpProvider(EmbeddingProvider):
 
     def _tokenize_one(self, url: str, text: str) -> Tokenized:
         body = {"model": self._served_model(), "prompt": text, "add_special_tokens": True, "return_token_strs": True}
-        response = self._post(url, body)
+        response = self.post_json(url, body)
         try:
             answer = response.json()
             ids = [int(token) for token in answer["tokens"]]

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-from django.conf import settings
 
 from core.errors import BackendError, BackendUnavailable
 from embeddings.providers.base import ProviderConfig, Readiness, RerankProvider
@@ -36,13 +35,9 @@ class VllmRerankProvider(RerankProvider):
                 f"{sorted(RERANK_APIS)}.",
                 details={"namespace": config.namespace, "rerank_api": self._api},
             )
-        # The embeddings client (same server) knows the endpoint (${VAR} references), the API key and /health.
+        # The embeddings client (same server) knows the endpoint (${VAR} references), the API key, /health and
+        # how its answers map to errors.
         self._server = VllmHttpProvider(config)
-        timeout = float(config.parameter("timeout_seconds", settings.MEDKG_PROVIDER_TIMEOUT_SECONDS))
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(2.0, timeout)),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
-        )
 
     def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
         path, _, _ = RERANK_APIS[self._api]
@@ -60,21 +55,7 @@ class VllmRerankProvider(RerankProvider):
         return {**body, "truncate_prompt_tokens": self.config.max_tokens}
 
     def _score_batch(self, url: str, query: str, documents: list[str]) -> np.ndarray:
-        try:
-            response = self._client.post(url, json=self._body(query, documents), headers=self._server._headers())
-        except httpx.TimeoutException as error:
-            raise BackendUnavailable(f"Rerank backend timed out: {url}", details={"backend": url}) from error
-        except httpx.HTTPError as error:
-            raise self._server._unavailable(
-                f"Rerank backend unreachable: {url} ({type(error).__name__})", details={"backend": url}
-            ) from error
-        if response.status_code >= 500 or response.status_code in (408, 429):
-            raise BackendUnavailable(f"Rerank backend answered {response.status_code}.", details={"backend": url})
-        if response.status_code >= 400:
-            raise BackendError(
-                f"Rerank backend refused the request ({response.status_code}).",
-                details={"backend": url, "backend_status": response.status_code, "backend_body": response.text[:500]},
-            )
+        response = self._server.post_json(url, self._body(query, documents), role="Rerank")
         return self._parse(response, len(documents))
 
     def _parse(self, response: httpx.Response, expected: int) -> np.ndarray:
