@@ -67,7 +67,7 @@ def scifact_subset(folder: Path, *, queries: int, others: int) -> Path:
 
 @pytest.fixture
 def gate_dataset(tmp_path: Path) -> Path:
-    return scifact_subset(tmp_path / "scifact-150", queries=150, others=600)
+    return scifact_subset(tmp_path / "scifact-100", queries=100, others=250)
 
 
 @pytest.fixture
