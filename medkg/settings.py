@@ -334,6 +334,20 @@ MEDKG_ACCESS_CACHE_TTL = env.float("MEDKG_ACCESS_CACHE_TTL", default=1.0)
 if MEDKG_ACCESS_CACHE_TTL < 0:
     raise ImproperlyConfigured("MEDKG_ACCESS_CACHE_TTL must be >= 0")
 
+# Re-embedding migrations (operations.lifecycle): the gate refuses a target whose nDCG@10 or Recall@10 is more than
+# this fraction below the source's (the runbook's relative 5 % Recall@10 rule), and the old version stays the new
+# one's standby for this long after the cutover (an instant, lossless way back).
+MEDKG_MIGRATION_GATE_MARGIN = env.float("MEDKG_MIGRATION_GATE_MARGIN", default=0.05)
+if not 0 <= MEDKG_MIGRATION_GATE_MARGIN < 1:
+    raise ImproperlyConfigured("MEDKG_MIGRATION_GATE_MARGIN must be >= 0 and < 1 (a relative drop, 0.05 = 5 %)")
+MEDKG_MIGRATION_WINDOW_SECONDS = env.int("MEDKG_MIGRATION_WINDOW_SECONDS", default=7 * 24 * 3600)
+if MEDKG_MIGRATION_WINDOW_SECONDS < 0:
+    raise ImproperlyConfigured("MEDKG_MIGRATION_WINDOW_SECONDS must be >= 0")
+# The BEIR dataset the gate evaluates on when a migration names none (empty: every migration must name one).
+MEDKG_MIGRATION_GATE_DATASET = env.str("MEDKG_MIGRATION_GATE_DATASET", default="")
+# Documents copied per backfill transaction (one mirror job and the cursor, committed together).
+MEDKG_MIGRATION_BACKFILL_CHUNK = positive_int("MEDKG_MIGRATION_BACKFILL_CHUNK", 500)
+
 # --- Celery: eager (in-process) unless a broker is configured ---
 CELERY_BROKER_URL = secret("CELERY_BROKER_URL", "") or ""
 CELERY_RESULT_BACKEND = secret("CELERY_RESULT_BACKEND") or REDIS_URL or None

@@ -7,6 +7,6 @@ class OperationsConfig(AppConfig):
     verbose_name = "Operations"
 
     def ready(self) -> None:
-        from operations.metrics import register_gpu_collector
+        from operations.metrics import register_collectors
 
-        register_gpu_collector()
+        register_collectors()

@@ -27,3 +27,11 @@ class MetricsUnavailable(MedkgError):
 class DrillFailed(MedkgError):
     status_code = 500
     code = "drill_failed"
+
+
+class MigrationRefused(MedkgError):
+    """A re-embedding migration cannot start or go on (the gate refused, or a check failed); the message says why
+    and what serves now."""
+
+    status_code = 409
+    code = "migration_refused"

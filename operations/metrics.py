@@ -1,15 +1,16 @@
-"""Operations metrics: health, namespace readiness, retrieval quality, rollbacks, and GPU gauges.
+"""Operations metrics: health, namespace readiness, retrieval quality, rollbacks, migrations, and GPU gauges.
 
 Health, readiness, recall and rollback gauges are refreshed by GET /health (probed every few seconds by
 Kubernetes and Compose), so a scrape never waits on the database or a backend. GPU gauges are read from
-NVML (or torch) at scrape time and exist only where a GPU does.
+NVML (or torch) at scrape time and exist only where a GPU does. A migration's backfill progress is read from the
+database at scrape time, so the web and worker processes report the same figures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Gauge
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -31,6 +32,39 @@ ROLLBACK_ACTIVE = Gauge(
     "1 while the namespace's traffic is served by its legacy namespace (target).",
     ["namespace", "target"],
 )
+
+MIGRATION_STEPS = Counter(
+    "embedding_migration_steps_total",
+    "Steps of re-embedding migrations, by step (shadow, backfill, gate, cutover, window, retire) and outcome "
+    "(done, refused, failed, paused, aborted).",
+    ["step", "outcome"],
+)
+
+
+class MigrationBackfillCollector(Collector):
+    """embedding_migration_backfill_documents{source, target, state}: total, copied and indexed documents of every
+    unfinished migration's backfill."""
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # no query at registration time
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from django.db import DatabaseError
+
+        from operations.lifecycle import migration_backfill_figures
+
+        family = GaugeMetricFamily(
+            "embedding_migration_backfill_documents",
+            "A migration's backfill: documents to copy (total), copied into the target, and indexed there.",
+            labels=["source", "target", "state"],
+        )
+        try:
+            for migration, figures in migration_backfill_figures():
+                for state in ("total", "copied", "indexed"):
+                    family.add_metric([migration.source.name, migration.target.name, state], figures[state])
+        except (DatabaseError, RuntimeError):  # no database (or none allowed): the family is exported empty
+            pass
+        yield family
 
 
 class GpuCollector(Collector):
@@ -60,12 +94,12 @@ class GpuCollector(Collector):
         yield from (family for family in (utilization, used, total) if family.samples)
 
 
-_gpu_collector: GpuCollector | None = None
+_collectors: list[Collector] = []
 
 
-def register_gpu_collector() -> None:
-    """Once per process (AppConfig.ready)."""
-    global _gpu_collector
-    if _gpu_collector is None:
-        _gpu_collector = GpuCollector()
-        REGISTRY.register(_gpu_collector)
+def register_collectors() -> None:
+    """Once per process (AppConfig.ready): the GPU gauges and the migrations' backfill progress."""
+    if not _collectors:
+        _collectors.extend([GpuCollector(), MigrationBackfillCollector()])
+        for collector in _collectors:
+            REGISTRY.register(collector)

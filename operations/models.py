@@ -172,3 +172,108 @@ class Incident(models.Model):
             raise ValidationError({"resolved_at": "must not be before opened_at"})
         if self.status == IncidentStatus.RESOLVED and not self.resolved_at:
             raise ValidationError({"resolved_at": "a resolved incident needs its resolution time"})
+
+
+class MigrationStep(models.TextChoices):
+    SHADOW = "shadow", "shadow (the target mirrors every write)"
+    BACKFILL = "backfill", "backfill (stored documents re-embedded into the target)"
+    GATE = "gate", "gate (retrieval quality measured against the source)"
+    CUTOVER = "cutover", "cutover (the alias names the target)"
+    WINDOW = "window", "rollback window (the source is the target's standby)"
+    RETIRE = "retire", "retire (the source's index dropped)"
+
+
+MIGRATION_STEPS = list(MigrationStep.values)  # the order they run in
+
+
+class MigrationState(models.TextChoices):
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING = "waiting", "waiting (for an operator or the end of the window)"
+    REFUSED = "refused", "refused by the gate"
+    ABORTED = "aborted"
+    FAILED = "failed", "failed (can be continued)"
+    DONE = "done"
+
+
+FINISHED_MIGRATION_STATES = (MigrationState.ABORTED, MigrationState.DONE)
+
+
+def _default_margin() -> float:
+    from django.conf import settings
+
+    return float(settings.MEDKG_MIGRATION_GATE_MARGIN)
+
+
+def _default_window_seconds() -> int:
+    from django.conf import settings
+
+    return int(settings.MEDKG_MIGRATION_WINDOW_SECONDS)
+
+
+class NamespaceMigration(models.Model):
+    """Re-embedding `source`'s documents into `target` and moving `alias` to it (operations.lifecycle).
+
+    `step` is the step to run next (or running); each step is idempotent, so a crash anywhere is continued by
+    running the migration again. Live state: its links (NamespaceStandby) and the alias are what serve.
+    """
+
+    source = models.ForeignKey(Namespace, on_delete=models.PROTECT, related_name="migrations_from")
+    target = models.ForeignKey(Namespace, on_delete=models.PROTECT, related_name="migrations_to")
+    alias = models.CharField(max_length=200, help_text="The alias that names the source now and the target after.")
+    step = models.CharField(max_length=20, choices=MigrationStep.choices, default=MigrationStep.SHADOW)
+    state = models.CharField(
+        max_length=20, choices=MigrationState.choices, default=MigrationState.RUNNING, db_index=True
+    )
+    steps = models.JSONField(
+        default=dict, blank=True, help_text="{step: {started_at, finished_at, seconds, ok, detail}}"
+    )
+    progress = models.JSONField(default=dict, blank=True, help_text="Backfill: {tenant: {total, copied, cursor}}")
+    gate = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="{dataset, source, target, drops, margin, overlap_at_10, passed, reason}",
+    )
+    links = models.JSONField(
+        default=list, blank=True, help_text="[[primary, standby, purpose]] standby links this migration attached"
+    )
+    dataset = models.CharField(max_length=500, blank=True, help_text="The BEIR dataset of the gate.")
+    margin = models.FloatField(
+        default=_default_margin, help_text="Largest relative drop of nDCG@10 and Recall@10 the gate accepts."
+    )
+    window_seconds = models.PositiveIntegerField(default=_default_window_seconds)
+    window_ends_at = models.DateTimeField(null=True, blank=True)
+    purge_on_retire = models.BooleanField(default=False, help_text="Retire deletes the source's rows too.")
+    created_by = models.CharField(max_length=200, blank=True)
+    reason = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source"],
+                condition=~models.Q(state__in=["aborted", "done"]),
+                name="one_unfinished_migration_per_source",
+            ),
+            models.CheckConstraint(condition=~models.Q(source=models.F("target")), name="migration_not_to_itself"),
+        ]
+
+    def __str__(self) -> str:
+        return f"migration #{self.pk} {self.source.name} → {self.target.name} ({self.step}, {self.state})"
+
+    def clean(self) -> None:
+        if self.source_id and self.source_id == self.target_id:
+            raise ValidationError({"target": "a namespace cannot be migrated to itself"})
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_MIGRATION_STATES
+
+    def backfill_totals(self) -> tuple[int, int]:
+        """(copied, total) over every tenant."""
+        entries = self.progress.values()
+        return sum(entry.get("copied", 0) for entry in entries), sum(entry.get("total", 0) for entry in entries)

@@ -107,17 +107,24 @@ def _check_rollback_possible(source: Namespace, target: Namespace) -> None:
         )
     if NamespaceRoute.objects.filter(source=target).exists() or NamespaceRoute.objects.filter(target=source).exists():
         raise RollbackRefused("Routes do not chain: the legacy namespace is itself rolled back, or is a legacy.")
+    namespace_check_takes_over(source, target, refuse=RollbackRefused)
+
+
+def namespace_check_takes_over(source: Namespace, target: Namespace, *, refuse: type[MedkgError]) -> None:
+    """`target` may serve every request `source` serves: each scope it allows and each tenant it is granted to.
+
+    Shared by a rollback (target: the legacy) and a migration (target: the next version)."""
     missing_scopes = sorted(set(source.allowed_scopes) - set(target.allowed_scopes))
     if missing_scopes:
-        raise RollbackRefused(f"{target.name} does not allow the scopes {missing_scopes} that {source.name} allows.")
+        raise refuse(f"{target.name} does not allow the scopes {missing_scopes} that {source.name} allows.")
     if not target.allow_all_tenants:
         if source.allow_all_tenants:
-            raise RollbackRefused(f"{source.name} is open to all tenants but {target.name} is not.")
+            raise refuse(f"{source.name} is open to all tenants but {target.name} is not.")
         missing = sorted(
             {t.slug for t in source.allowed_tenants.all()} - {t.slug for t in target.allowed_tenants.all()}
         )
         if missing:
-            raise RollbackRefused(f"{target.name} is not granted to tenants {missing} that use {source.name}.")
+            raise refuse(f"{target.name} is not granted to tenants {missing} that use {source.name}.")
 
 
 def _check_serves(namespace: Namespace, role: str, service_url: str | None = None) -> str:
@@ -161,8 +168,8 @@ def _standby_state(source: Namespace, legacy: Namespace) -> str:
     return f"{legacy.name} is the standby of {source.name}; {behind.count()} document(s) still to index"
 
 
-def _drain() -> None:
-    """Wait until every serving process has reloaded its routes (operations.serving)."""
+def serving_drain() -> None:
+    """Wait until every serving process has reloaded its routes and aliases (operations.serving)."""
     time.sleep(serving_state_ttl() + 0.25)
 
 
@@ -221,7 +228,7 @@ def rollback_start(
             serving_state_invalidate()
             event.switched_at = timezone.now()
         with recorder.step("drain"):
-            _drain()
+            serving_drain()
         event.rto_seconds = _seconds_since(started_at)
         if kubectl:
             with recorder.step("scale_down_primary"):
@@ -298,7 +305,7 @@ def rollback_undo(
             route.delete()
             serving_state_invalidate()
         with recorder.step("drain"):
-            _drain()
+            serving_drain()
         event.restore_seconds = _seconds_since(started_at)
         if event.ingestion_paused:
             with recorder.step("resume_ingestion"):
