@@ -74,7 +74,7 @@ promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool
 def test_promtool_checks_the_rules():
     result = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 17 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 19 rules found" in result.stdout + result.stderr
 
 
 @promtool
@@ -193,6 +193,31 @@ def test_dashboard_shows_batching_failover_and_quotas():
     assert states == {"0": ("closed", "green"), "1": ("open", "red"), "2": ("half-open", "orange")}
     for title in ("Failover by outcome", "Circuit breaker state"):
         assert 'namespace=~"$namespace"' in expressions[title][0], title  # the board's namespace filter applies
+
+
+def test_dashboard_shows_the_model_lifecycle_and_the_standby_threshold():
+    """Issue 15: alias flips, migration steps, standby writes, standby lag (with the alert's threshold), backfill."""
+    board = dashboard()
+    row = panel(board, "Model lifecycle")
+    below = [item for item in board["panels"] if item["gridPos"]["y"] > row["gridPos"]["y"]]
+    watched = {
+        "Alias flips": {"medkg_namespace_alias_flips_total"},
+        "Migration steps by outcome": {"embedding_migration_steps_total"},
+        "Standby writes by namespace and purpose": {"embedding_standby_documents_total"},
+        "Standby lag (alert > 1000 for 15 min)": {"embedding_standby_lag_documents"},
+        "Backfill progress (indexed / total)": {"embedding_migration_backfill_documents"},
+    }
+    assert {item["title"] for item in below} == set(watched)
+    for item in below:
+        metrics = {metric for target in item["targets"] for metric in metric_names(target["expr"])}
+        assert metrics == watched[item["title"]], item["title"]
+    lag = panel(board, "Standby lag (alert > 1000 for 15 min)")
+    (rule,) = [rule for rule in rule_groups()["embeddings-lifecycle"] if rule["alert"] == "EmbeddingStandbyBehind"]
+    threshold = float(rule["expr"].rpartition(">")[2])
+    assert {"value": threshold, "color": "red"} in lag["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert rule["for"] == "15m"
+    writes = panel(board, "Standby writes by namespace and purpose")["targets"][0]["expr"]
+    assert "sum by (namespace, purpose, operation)" in writes and 'namespace=~"$namespace"' in writes
 
 
 def test_dashboard_panels_do_not_overlap():
