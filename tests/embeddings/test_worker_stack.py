@@ -379,3 +379,40 @@ def test_a_standby_kept_by_the_worker_holds_the_same_ids_and_a_rollback_to_it_se
     finally:
         (seeds / f"{NAMESPACE}.yaml").write_text(yaml.safe_dump(seed))
         stack.manage("sync_namespaces", "--directory", str(seeds))
+
+
+def test_a_worker_killed_mid_backfill_leaves_every_document_exactly_once_in_the_new_version(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """namespace_migrate's backfill re-embeds the stored documents into v2 through the worker's jobs; SIGKILL of the
+    worker part-way, a restart, and the command's wait completes with v2 holding v1's ids once each."""
+    target = "single_vector.minilm.384.v3"
+    seed = yaml.safe_load((REPO_ROOT / "config" / "embedding" / "namespaces" / f"{NAMESPACE}.yaml").read_text())
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / f"{target}.yaml").write_text(yaml.safe_dump({**seed, "name": target, "aliases": []}))
+    stack.manage("sync_namespaces", "--directory", str(seeds))
+    sent = documents("m", 10 * STEP)
+    stack.wait_job("tenant-d", stack.ingest("tenant-d", sent))
+    expected = set(_all_ids(stack, "tenant-d", NAMESPACE))
+    assert {d["id"] for d in sent} <= expected
+    log_path = tmp_path / "migrate.log"
+    command = [str(VENV_BIN / "python"), "manage.py", "namespace_migrate", "--from", NAMESPACE, "--to", target]
+    migrate = start([*command, "--until", "backfill"], environment=stack.environment, log_path=log_path)
+    try:
+        deadline = time.monotonic() + 180
+        while len(_all_ids(stack, "tenant-d", target)) < STEP:  # some steps of the backfill are durable
+            assert migrate.poll() is None, log_tail(log_path)
+            assert time.monotonic() < deadline, log_tail(log_path)
+            time.sleep(0.2)
+        assert len(_all_ids(stack, "tenant-d", target)) < len(expected), "the backfill finished before the kill"
+        stack.kill_worker()
+        stack.start_worker()  # the same node: it lifts the leases of the steps it died in and goes on
+        assert migrate.wait(timeout=300) == 0, log_tail(log_path)
+    finally:
+        if migrate.poll() is None:
+            stop(migrate)
+    ids = _all_ids(stack, "tenant-d", target)
+    assert len(ids) == len(set(ids)) and set(ids) == expected  # every stored document, exactly once
+    assert "backfill" in stack.manage("namespace_migrate", "--list")
+    stack.manage("namespace_migrate", "--id", "1", "--abort")  # v1 serves as before, nothing mirrors into v3
