@@ -108,6 +108,16 @@ class ValidateOutputSerializer(serializers.Serializer):
     results = ValidationResultSerializer(many=True)
 
 
+def _texts_request(
+    request: Request, namespace: str, serializer: type[serializers.Serializer], scope: str
+) -> tuple[serializers.Serializer, Namespace]:
+    """The checked payload of a texts request (/validate, /tokenize) and the namespace granted for it."""
+    check_claimed_tenant(request)
+    payload = serializer(data=request.data)
+    payload.is_valid(raise_exception=True)
+    return payload, namespace_granted(request, name=namespace, scope=scope)
+
+
 class NamespaceValidateView(APIView):
     required_scope = "embed:read"
 
@@ -115,10 +125,7 @@ class NamespaceValidateView(APIView):
         request=ValidateInputSerializer, responses={200: ValidateOutputSerializer}, operation_id="namespace_validate"
     )
     def post(self, request: Request, namespace: str) -> Response:
-        check_claimed_tenant(request)
-        payload = ValidateInputSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        found = namespace_granted(request, name=namespace, scope=self.required_scope)
+        payload, found = _texts_request(request, namespace, ValidateInputSerializer, self.required_scope)
         with request_observed(namespace=found.name, endpoint="namespace_validate"):
             checks = texts_check_budget(
                 namespace=found,
@@ -161,10 +168,7 @@ class NamespaceTokenizeView(APIView):
         request=TokenizeInputSerializer, responses={200: TokenizeOutputSerializer}, operation_id="namespace_tokenize"
     )
     def post(self, request: Request, namespace: str) -> Response:
-        check_claimed_tenant(request)
-        payload = TokenizeInputSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        found = namespace_granted(request, name=namespace, scope=self.required_scope)
+        payload, found = _texts_request(request, namespace, TokenizeInputSerializer, self.required_scope)
         with request_observed(namespace=found.name, endpoint="namespace_tokenize"):
             tokenized = texts_tokenize(
                 namespace=found, texts=payload.validated_data["texts"], input_type=payload.validated_data["input_type"]
