@@ -130,5 +130,7 @@ def test_the_scheduler_bounds_requests_in_flight_and_serves_a_single_text_within
 def test_unscheduled_the_flood_reaches_the_backend_at_once(backend: Backend) -> None:
     """max_concurrency 0: each call goes straight through, as before the scheduler fronted remote providers."""
     probe, _ = flood_and_probe(remote(backend, "single_vector.remote-direct.8.v1", max_concurrency=0))
-    assert backend.max_in_flight >= 12
+    # 12 threads of 8 sequential passes overlap almost fully; on a loaded 2-core runner a thread or two starts a
+    # pass late (11 was seen in CI), so the assertion is "far past the scheduled bound of 2", not "exactly 12".
+    assert backend.max_in_flight >= 8
     assert np.isfinite(probe)
