@@ -29,6 +29,7 @@ class DocumentHit:
     id: str
     score: float
     metadata: dict[str, Any]
+    rerank_score: float | None = None  # set by a rerank stage (embeddings.reranking.hits_rerank)
 
 
 def job_get_for_tenant(*, job_id: str, tenant: Tenant) -> IngestionJob:
@@ -139,6 +140,18 @@ def documents_search(
     return result[:k]
 
 
+def documents_texts(*, tenant: Tenant, namespaces: Sequence[Namespace], ids: Sequence[str]) -> dict[str, str]:
+    """The stored text of each live document id of `tenant`, from the first of `namespaces` that holds it."""
+    preference = {namespace.pk: position for position, namespace in enumerate(namespaces)}
+    rows = Document.objects.filter(
+        tenant=tenant, namespace__in=list(namespaces), external_id__in=list(ids), deleted_at__isnull=True
+    ).values_list("namespace_id", "external_id", "text")
+    texts: dict[str, str] = {}
+    for _, external_id, text in sorted(rows, key=lambda row: preference[row[0]]):
+        texts.setdefault(external_id, text)
+    return texts
+
+
 def _query_arguments(namespace: Namespace, store: VectorStore | SparseStore, query: str) -> dict[str, Any]:
     """The query as the store takes it: a unit vector, term weights, or the text for stores that analyse it."""
     if not isinstance(store, SparseStore):
@@ -178,6 +191,7 @@ class HybridHit:
     score: float
     metadata: dict[str, Any]
     sources: dict[str, SourceHit]
+    rerank_score: float | None = None  # set by a rerank stage (embeddings.reranking.hits_rerank)
 
 
 @dataclass(frozen=True)

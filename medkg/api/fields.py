@@ -47,6 +47,11 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)  # type: ignore[no-any-return]
 
 
+def optional_count_field(*, limit: int, help_text: str) -> StrictIntegerField:
+    """An optional count of results from 1 to `limit` (top_n, depth)."""
+    return StrictIntegerField(required=False, min_value=1, max_value=limit, help_text=help_text)
+
+
 @extend_schema_field(
     {
         "anyOf": [

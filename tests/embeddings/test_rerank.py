@@ -263,6 +263,192 @@ def test_a_namespace_that_is_not_a_reranker_is_a_422(
     assert_error(embedded, 422, "unsupported_namespace_kind")
 
 
+# --- `model`, Cohere's name for the namespace ---------------------------------------------------------------------
+
+
+def test_model_names_the_namespace_as_cohere_sends_it(api: Any, token_a_read: str, reranker: Namespace) -> None:
+    by_namespace = ok(rerank(api, token_a_read))
+
+    payload = {"tenant_id": "tenant-a", "model": RERANKER, "query": QUERY, "documents": DOCUMENTS}
+    by_model = ok(api.post("/v1/rerank", payload, token=token_a_read))
+
+    assert by_model == by_namespace
+    assert ok(rerank(api, token_a_read, model=RERANKER)) == by_namespace  # both, naming the same one
+
+
+@pytest.mark.parametrize("names", [{"model": DEFAULT_NAMESPACE}, {"namespace": None}])
+def test_two_different_names_or_none_are_a_400(
+    api: Any, token_a_read: str, reranker: Namespace, names: dict[str, Any]
+) -> None:
+    payload = {"tenant_id": "tenant-a", "namespace": RERANKER, "query": QUERY, "documents": DOCUMENTS, **names}
+    payload = {key: value for key, value in payload.items() if value is not None}
+
+    body = assert_error(api.post("/v1/rerank", payload, token=token_a_read), 400, "invalid_request")
+    assert "namespace" in body["error"]["details"]["fields"]
+
+
+def test_the_schema_documents_model_and_the_search_rerank_stage(api: Any) -> None:
+    components = api.get("/v1/schema?format=json").json()["components"]["schemas"]
+
+    assert {"namespace", "model"} <= set(components["RerankInputRequest"]["properties"])
+    assert "namespace" not in components["RerankInputRequest"].get("required", [])
+    assert set(components["RerankStageRequest"]["properties"]) == {"namespace", "top_n", "depth"}
+    for name in ("SearchInputRequest", "HybridSearchInputRequest"):
+        assert "rerank" in components[name]["properties"]
+    assert "rerank_score" in components["SearchHitOutput"]["properties"]
+    assert "reranker" in components["HybridSearchOutput"]["properties"]
+
+
+# --- the rerank stage of search --------------------------------------------------------------------------------------
+
+SEARCH_DOCUMENTS = [{"id": f"doc-{i}", "text": text, "metadata": {"n": i}} for i, text in enumerate(DOCUMENTS)]
+TEXTS = {document["id"]: document["text"] for document in SEARCH_DOCUMENTS}
+
+
+@pytest.fixture
+def indexed(
+    synced: dict[str, Namespace], api: Any, token_a_write: str, settings: Any, django_capture_on_commit_callbacks: Any
+) -> Namespace:
+    """Tenant A's five documents in the shared dense namespace, indexed inline."""
+    settings.MEDKG_INGESTION_LOCAL_MODE = "inline"
+    body = {"tenant_id": "tenant-a", "documents": SEARCH_DOCUMENTS}
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(f"/v1/namespaces/{DEFAULT_NAMESPACE}/documents", body, token=token_a_write)
+    assert response.status_code == 202, response.content
+    return synced[DEFAULT_NAMESPACE]
+
+
+def search(api: Any, token: str, **body: Any) -> Any:
+    return api.post(
+        f"/v1/namespaces/{DEFAULT_NAMESPACE}/search", {"tenant_id": "tenant-a", "query": QUERY, **body}, token=token
+    )
+
+
+def hybrid(api: Any, token: str, **body: Any) -> Any:
+    payload = {"tenant_id": "tenant-a", "query": QUERY, "namespaces": [{"namespace": DEFAULT_NAMESPACE}], **body}
+    return api.post("/v1/search", payload, token=token)
+
+
+def reranker_order(reranker: Namespace, ids: list[str]) -> list[tuple[str, float]]:
+    """The candidates sorted by the scores documents_rerank gives their texts, best first."""
+    from embeddings.reranking import documents_rerank
+
+    reranking = documents_rerank(namespace=reranker, query=QUERY, documents=[TEXTS[i] for i in ids])
+    return [(ids[result.index], result.relevance_score) for result in reranking.results]
+
+
+def ids_and_scores(hits: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    return [(hit["id"], pytest.approx(hit["rerank_score"], abs=1e-5)) for hit in hits]
+
+
+def test_search_reorders_its_candidates_by_the_rerankers_scores(
+    api: Any, token_a_read: str, indexed: Namespace, reranker: Namespace
+) -> None:
+    candidates = [hit["id"] for hit in ok(search(api, token_a_read, k=4))["hits"]]
+    expected = reranker_order(reranker, candidates)
+    assert [i for i, _ in expected] != candidates  # the reranker changes the order under test
+
+    body = ok(search(api, token_a_read, k=2, rerank={"namespace": RERANKER, "depth": 4, "top_n": 3}))
+
+    assert body["reranker"] == RERANKER and body["namespace"] == DEFAULT_NAMESPACE
+    assert ids_and_scores(body["hits"]) == expected[:3]
+    assert all(hit["metadata"] == {"n": int(hit["id"][-1])} and "score" in hit for hit in body["hits"])
+    assert "rerank_score" not in ok(search(api, token_a_read))["hits"][0]  # no stage, no score of its own
+
+
+def test_top_n_defaults_to_k_and_depth_to_fifty(
+    api: Any, token_a_read: str, indexed: Namespace, reranker: Namespace
+) -> None:
+    everything = reranker_order(reranker, list(TEXTS))
+
+    body = ok(search(api, token_a_read, k=2, rerank={"namespace": RERANKER}))
+
+    assert ids_and_scores(body["hits"]) == everything[:2]  # all five candidates read, the best two returned
+
+
+def test_the_stage_is_counted_and_charged(
+    api: Any, token_a_read: str, indexed: Namespace, reranker: Namespace, tenant_a: Tenant, settings: Any
+) -> None:
+    from embeddings.reranking import pairs_token_count
+
+    settings.REDIS_URL = ""  # the in-process buckets: this test's own
+    before = counter_value("embedding_requests_total", namespace=RERANKER, endpoint="search_rerank", outcome="ok")
+    pairs = pairs_token_count(namespace=reranker, query=QUERY, documents=list(TEXTS.values()))
+    Tenant.objects.filter(pk=tenant_a.pk).update(quota_tokens_per_minute=pairs)  # one search's pairs, no query
+
+    ok(search(api, token_a_read, rerank={"namespace": RERANKER}))
+
+    after = counter_value("embedding_requests_total", namespace=RERANKER, endpoint="search_rerank", outcome="ok")
+    assert after == before + 1
+    assert_error(search(api, token_a_read, rerank={"namespace": RERANKER}), 429, "quota_exceeded")
+
+
+def test_hybrid_search_pages_through_the_reranked_candidates(
+    api: Any, token_a_read: str, indexed: Namespace, reranker: Namespace
+) -> None:
+    candidates = [hit["id"] for hit in ok(hybrid(api, token_a_read, k=4))["hits"]]
+    expected = reranker_order(reranker, candidates)
+
+    body = ok(hybrid(api, token_a_read, offset=1, rerank={"namespace": RERANKER, "depth": 4, "top_n": 2}))
+
+    assert body["reranker"] == RERANKER
+    assert ids_and_scores(body["hits"]) == expected[1:3]
+    assert (body["offset"], body["k"], body["next_offset"]) == (1, 2, 3)
+    assert set(body["hits"][0]["sources"]) == {DEFAULT_NAMESPACE}
+    last = ok(hybrid(api, token_a_read, offset=2, rerank={"namespace": RERANKER, "depth": 4, "top_n": 2}))
+    assert ids_and_scores(last["hits"]) == expected[2:] and last["next_offset"] is None
+
+
+def test_another_tenants_reranker_is_not_found_in_search_and_the_attempt_audited(
+    api: Any, outsider: dict[str, Any], indexed: Namespace, reranker: Namespace
+) -> None:
+    stage = {"namespace": RERANKER}
+    for response in (
+        search(api, outsider["token"], tenant_id="tenant-b", rerank=stage),
+        hybrid(api, outsider["token"], tenant_id="tenant-b", rerank=stage),
+    ):
+        assert_error(response, 404, "namespace_not_found")
+    assert [event.namespace for event in audit_events(reason="namespace_not_granted")] == [RERANKER, RERANKER]
+
+
+def test_a_namespace_that_is_not_a_reranker_is_refused_as_by_rerank(
+    api: Any, token_a_read: str, indexed: Namespace, reranker: Namespace
+) -> None:
+    for response in (
+        search(api, token_a_read, rerank={"namespace": DEFAULT_NAMESPACE}),
+        hybrid(api, token_a_read, rerank={"namespace": DEFAULT_NAMESPACE}),
+    ):
+        body = assert_error(response, 422, "unsupported_namespace_kind")
+        assert body["error"]["details"]["supported"] == ["reranker"]
+    assert_error(
+        search(api, token_a_read, rerank={"namespace": "reranker.no-such.auto.v1"}), 404, "namespace_not_found"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "extra"),
+    [
+        ({"top_n": 0}, {}),
+        ({"depth": 0}, {}),
+        ({"depth": "5"}, {}),
+        ({"depth": 10**6}, {}),
+        ({"top_n": 3, "depth": 2}, {}),
+        ({"depth": 60}, {"k": 70}),  # top_n defaults to k
+        ({"shallow": True}, {}),
+        ({"namespace": 7}, {}),
+    ],
+)
+def test_bad_rerank_stages_are_a_400_naming_the_field(
+    api: Any, token_a_read: str, indexed: Namespace, reranker: Namespace, stage: dict[str, Any], extra: Any
+) -> None:
+    for send in (search, hybrid):
+        response = send(api, token_a_read, rerank={"namespace": RERANKER, **stage}, **extra)
+        body = assert_error(response, 400, "invalid_request")
+        assert "rerank" in body["error"]["details"]["fields"]
+    too_deep = hybrid(api, token_a_read, offset=3, rerank={"namespace": RERANKER, "depth": 4, "top_n": 2})
+    assert "offset + top_n" in str(assert_error(too_deep, 400, "invalid_request")["error"]["details"])
+
+
 # --- declaring a reranker namespace --------------------------------------------------------------------------------
 
 

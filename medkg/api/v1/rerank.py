@@ -1,7 +1,8 @@
 """POST /v1/rerank: a reranker namespace's relevance of each document to a query, best first.
 
 The body is the shape Cohere, Jina, TEI and vLLM rerank clients send (query, documents, top_n, return_documents),
-with medkg's namespace in place of their model and the caller's tenant checked like every endpoint's.
+with medkg's namespace in place of their model (or named `model`, as they send it) and the caller's tenant checked
+like every endpoint's.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from medkg.api.fields import (
     NoUnknownFieldsSerializer,
     StrictBooleanField,
     StrictCharField,
-    StrictIntegerField,
     UsageSerializer,
+    optional_count_field,
     reject_nul,
 )
 from medkg.api.permissions import payload_of, principal_of
@@ -59,13 +60,16 @@ class RerankDocumentsField(serializers.ListField):
 
 class RerankInputSerializer(NoUnknownFieldsSerializer):
     tenant_id = StrictCharField(required=False, max_length=200, help_text="Must equal the token's tenant when given.")
-    namespace = StrictCharField(max_length=200, help_text="A reranker namespace, e.g. reranker.minilm-ce.auto.v1.")
+    namespace = StrictCharField(
+        required=False, max_length=200, help_text="A reranker namespace, e.g. reranker.minilm-ce.auto.v1."
+    )
+    model = StrictCharField(
+        required=False, max_length=200, help_text="Cohere's name for `namespace`: send one of the two (or both equal)."
+    )
     query = _text_field()
     documents = RerankDocumentsField(help_text="The texts to score against the query, each as one string.")
-    top_n = StrictIntegerField(
-        required=False,
-        min_value=1,
-        max_value=settings.MEDKG_MAX_RERANK_DOCUMENTS,
+    top_n = optional_count_field(
+        limit=settings.MEDKG_MAX_RERANK_DOCUMENTS,
         help_text="How many of the best documents to return (all when omitted; more than sent returns all).",
     )
     return_documents = StrictBooleanField(
@@ -75,6 +79,14 @@ class RerankInputSerializer(NoUnknownFieldsSerializer):
     def validate_query(self, value: str) -> str:
         reject_nul(value, "query")
         return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        names = {attrs[key] for key in ("namespace", "model") if key in attrs}
+        if len(names) != 1:
+            problem = "This field is required." if not names else "namespace and model name different namespaces."
+            raise serializers.ValidationError({"namespace": [problem]})
+        attrs["namespace"] = names.pop()
+        return attrs
 
 
 class RerankDocumentOutputSerializer(serializers.Serializer):

@@ -1,4 +1,7 @@
-"""POST /v1/namespaces/{ns}/search (one namespace) and POST /v1/search (several, fused): the caller's tenant only."""
+"""POST /v1/namespaces/{ns}/search (one namespace) and POST /v1/search (several, fused): the caller's tenant only.
+
+Either may end with a rerank stage: a reranker namespace (granted as for /v1/rerank) reorders the best candidates.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embeddings.metrics import request_observed
+from embeddings.reranking import Hit, hits_rerank
 from embeddings.selectors import HybridPart, documents_search, hybrid_search
 from embeddings.services import texts_token_counts
 from medkg.api.access import namespace_granted
-from medkg.api.fields import NoUnknownFieldsSerializer, StrictCharField, StrictIntegerField, reject_nul
+from medkg.api.fields import (
+    NoUnknownFieldsSerializer,
+    StrictCharField,
+    StrictIntegerField,
+    optional_count_field,
+    reject_nul,
+)
 from medkg.api.permissions import payload_of, principal_of
 from namespaces.models import Namespace, Tenant
 from namespaces.quotas import quota_charge_tokens
@@ -43,11 +53,38 @@ class FilterValueField(serializers.Field):
         return value
 
 
+class RerankStageSerializer(NoUnknownFieldsSerializer):
+    namespace = StrictCharField(max_length=200, help_text="A reranker namespace, granted as for /v1/rerank.")
+    top_n = optional_count_field(
+        limit=settings.MEDKG_MAX_SEARCH_K,
+        help_text="How many hits to return after reranking (the search's k when omitted).",
+    )
+    depth = optional_count_field(
+        limit=settings.MEDKG_MAX_RERANK_DOCUMENTS,
+        help_text="Candidates retrieved and reranked: at least (offset +) top_n; max(top_n, 50) when omitted.",
+    )
+
+
 class SearchInputSerializer(NoUnknownFieldsSerializer):
     tenant_id = StrictCharField(max_length=200, help_text="Must equal the token's tenant.")
     query = StrictCharField(allow_blank=False, trim_whitespace=False, max_length=settings.MEDKG_MAX_TEXT_CHARS)
     k = StrictIntegerField(min_value=1, max_value=settings.MEDKG_MAX_SEARCH_K, default=10)
     filters = serializers.DictField(child=FilterValueField(), required=False, default=dict)
+    rerank = RerankStageSerializer(
+        required=False, help_text="Reorder the best `depth` candidates with a reranker namespace; return `top_n`."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        stage = attrs.get("rerank")
+        if stage is None:
+            return attrs
+        top_n = stage.setdefault("top_n", attrs["k"])
+        depth = stage.setdefault("depth", min(max(top_n, 50), settings.MEDKG_MAX_RERANK_DOCUMENTS))
+        offset = attrs.get("offset", 0)  # hybrid search pages through the reranked candidates
+        if depth < offset + top_n:
+            needed = "offset + top_n" if "offset" in attrs else "top_n"
+            raise serializers.ValidationError({"rerank": {"depth": [f"depth {depth} is less than {needed}."]}})
+        return attrs
 
     def validate_query(self, value: str) -> str:
         reject_nul(value, "query")
@@ -70,16 +107,43 @@ def _charge_query(tenant: Tenant, query: str, namespaces: list[Namespace]) -> No
     quota_charge_tokens(tenant=tenant, tokens=tokens)
 
 
+def _reranker_granted(request: Request, data: dict[str, Any]) -> Namespace | None:
+    stage = data.get("rerank")
+    return None if stage is None else namespace_granted(request, name=stage["namespace"], scope="embed:read")
+
+
+def _reranked(
+    request: Request, reranker: Namespace, query: str, hits: list[Hit], searched: list[Namespace]
+) -> list[Hit]:
+    """Every candidate reordered by the reranker, best first; its tokens are charged as /v1/rerank charges them."""
+    tenant = principal_of(request).tenant
+    with request_observed(namespace=reranker.name, endpoint="search_rerank"):
+        reranked = hits_rerank(namespace=reranker, tenant=tenant, query=query, hits=hits, searched=searched)
+    quota_charge_tokens(tenant=tenant, tokens=reranked.token_count)
+    return reranked.hits
+
+
 class SearchHitOutputSerializer(serializers.Serializer):
     id = serializers.CharField()
     score = serializers.FloatField()
     metadata = serializers.DictField()
+    rerank_score = serializers.FloatField(required=False, help_text="The reranker's score (only with rerank).")
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        body: dict[str, Any] = super().to_representation(instance)
+        if body.get("rerank_score") is None:
+            body.pop("rerank_score", None)
+        return body
+
+
+RERANKER_HELP = "The reranker namespace that ordered the hits (only with rerank)."
 
 
 class SearchOutputSerializer(serializers.Serializer):
     namespace = serializers.CharField()
     model = serializers.CharField()
     model_version = serializers.CharField()
+    reranker = serializers.CharField(required=False, help_text=RERANKER_HELP)
     hits = SearchHitOutputSerializer(many=True)
 
 
@@ -91,16 +155,20 @@ class SearchView(APIView):
     def post(self, request: Request, namespace: str) -> Response:
         data = payload_of(request, SearchInputSerializer)
         granted = namespace_granted(request, name=namespace, scope=self.required_scope)
+        reranker = _reranker_granted(request, data)
         with request_observed(namespace=granted.name, endpoint="search"):
             hits = documents_search(
                 namespace=granted,
                 tenant=principal_of(request).tenant,
                 query=data["query"],
-                k=data["k"],
+                k=data["rerank"]["depth"] if reranker else data["k"],
                 filters=data["filters"],
             )
         _charge_query(principal_of(request).tenant, data["query"], [granted])
         body = {"namespace": granted.name, "model": granted.model_id, "model_version": granted.model_version}
+        if reranker:
+            hits = _reranked(request, reranker, data["query"], hits, [granted])[: data["rerank"]["top_n"]]
+            body["reranker"] = reranker.name
         return Response(SearchOutputSerializer({**body, "hits": hits}).data)
 
 
@@ -140,7 +208,7 @@ class HybridSearchInputSerializer(SearchInputSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["offset"] + attrs["k"] > settings.MEDKG_MAX_SEARCH_K:
             raise serializers.ValidationError({"offset": f"offset + k may not exceed {settings.MEDKG_MAX_SEARCH_K}."})
-        return attrs
+        return super().validate(attrs)
 
 
 class HybridSourceSerializer(serializers.Serializer):
@@ -165,6 +233,7 @@ class HybridSearchOutputSerializer(serializers.Serializer):
     offset = serializers.IntegerField()
     k = serializers.IntegerField()
     next_offset = serializers.IntegerField(allow_null=True)
+    reranker = serializers.CharField(required=False, help_text=RERANKER_HELP)
     hits = HybridHitOutputSerializer(many=True)
 
 
@@ -184,25 +253,34 @@ class HybridSearchView(APIView):
             granted = namespace_granted(request, name=item["namespace"], scope=self.required_scope)
             if all(part.namespace.pk != granted.pk for part in parts):  # two names routed to one namespace
                 parts.append(HybridPart(namespace=granted, weight=item["weight"]))
+        reranker = _reranker_granted(request, data)
+        stage = data.get("rerank")
+        searched = [part.namespace for part in parts]
         with request_observed(namespace="hybrid", endpoint="hybrid_search"):
             page = hybrid_search(
                 tenant=principal_of(request).tenant,
                 query=data["query"],
                 parts=parts,
                 method=data["fusion"],
-                k=data["k"],
-                offset=data["offset"],
-                depth=data["depth"],
+                k=stage["depth"] if stage else data["k"],
+                offset=0 if stage else data["offset"],  # a reranked page is a page of the reranker's order
+                depth=max(data["depth"], stage["depth"]) if stage else data["depth"],
                 rrf_k=data["rrf_k"],
                 filters=data["filters"],
             )
-        _charge_query(principal_of(request).tenant, data["query"], [part.namespace for part in parts])
+        _charge_query(principal_of(request).tenant, data["query"], searched)
+        offset, size = data["offset"], stage["top_n"] if stage else data["k"]
+        hits, has_more = page.hits, page.has_more
+        if reranker:
+            ordered = _reranked(request, reranker, data["query"], page.hits, searched)
+            hits, has_more = ordered[offset : offset + size], len(ordered) > offset + size
         body = {
             "fusion": data["fusion"],
             "namespaces": parts,
-            "offset": page.offset,
-            "k": data["k"],
-            "next_offset": page.offset + data["k"] if page.has_more else None,
-            "hits": page.hits,
+            "offset": offset,
+            "k": size,
+            "next_offset": offset + size if has_more else None,
+            "hits": hits,
+            **({"reranker": reranker.name} if reranker else {}),
         }
         return Response(HybridSearchOutputSerializer(body).data)
