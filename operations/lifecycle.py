@@ -10,6 +10,7 @@ leaves A serving exactly as before; within the window it flips the alias back to
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from embeddings.models import Document, IngestionJob, JobPurpose, JobStatus
 from embeddings.retrieval_evaluation import beir_load, retrieval_evaluate
 from embeddings.selectors import documents_search
 from embeddings.stores.registry import index_for
-from namespaces.models import Namespace, NamespaceStandby, StandbyPurpose, Tenant
+from namespaces.models import Namespace, NamespaceAlias, NamespaceStandby, StandbyPurpose, Tenant
 from namespaces.selectors import alias_resolve
 from namespaces.services import alias_flip, standby_attach, standby_detach
 from operations.errors import MigrationRefused
@@ -58,6 +59,19 @@ POLL_SECONDS = 0.5
 
 def _silent(*_: Any) -> None:
     return None
+
+
+TEST_PAUSE_VARIABLE = "MEDKG_TEST_PAUSE_AT"
+
+
+def _test_pause(point: str) -> None:
+    """Test hook only (tests/operations/test_namespace_migrate_crash.py): with MEDKG_TEST_PAUSE_AT=point the process
+    says so on stdout and blocks here, so the test SIGKILLs it at a known phase. Unset, it does nothing."""
+    if os.environ.get(TEST_PAUSE_VARIABLE) != point:
+        return
+    print(f"{TEST_PAUSE_VARIABLE} reached {point}", flush=True)
+    while True:
+        time.sleep(3600)
 
 
 class _Stopped(Exception):
@@ -264,6 +278,7 @@ def _unlink(migration: NamespaceMigration, *, keep_rollback: bool) -> None:
 
 def _shadow(migration: NamespaceMigration, **_: Any) -> str:
     _link(migration, migration.source, migration.target, StandbyPurpose.MIGRATION)
+    _test_pause("shadow")  # the link is committed, the step is not recorded as done
     return f"{migration.target.name} mirrors every write to {migration.source.name}"
 
 
@@ -324,6 +339,7 @@ def _backfill_tenant(
             _save_progress(migration, slug, entry)  # with the mirror: a crash loses or repeats no chunk
         progress(slug, entry["copied"], entry["total"])
         echo(f"    {slug}: {entry['copied']}/{entry['total']} copied{_eta(migration)}")
+        _test_pause("backfill")  # a chunk and its cursor are committed (and, inline, indexed); more to come
     progress(slug, entry["copied"], entry["total"])
 
 
@@ -391,6 +407,7 @@ def _gate(migration: NamespaceMigration, *, echo: Echo, progress: Progress) -> s
         raise MigrationRefused("The gate needs a dataset: --dataset PATH (or MEDKG_MIGRATION_GATE_DATASET).")
     report = retrieval_evaluate(namespaces=[source, target], dataset_path=Path(migration.dataset), progress=progress)
     measured = {run.namespace_id: run.metrics for run in report.runs}
+    _test_pause("gate")  # measured, nothing recorded
     before, after = measured[source.pk], measured[target.pk]
     drops = {
         name: round((before[name] - after[name]) / before[name], 6) if before[name] else 0.0 for name in GATE_METRICS
@@ -444,14 +461,23 @@ def _cutover(migration: NamespaceMigration, **_: Any) -> str:
         rollback_links = NamespaceStandby.objects.filter(primary=source, purpose=StandbyPurpose.ROLLBACK)
         for link in rollback_links.exclude(standby=target).select_related("standby"):
             _link(migration, target, link.standby, StandbyPurpose.ROLLBACK)
-        alias_flip(
-            alias=migration.alias, to=target, changed_by=migration.created_by, reason=f"migration #{migration.pk}"
-        )
+        # A rerun after a crash past this commit finds the alias flipped: a second flip would be a false record.
+        if _alias_target_locked(migration.alias) != target.pk:
+            alias_flip(
+                alias=migration.alias, to=target, changed_by=migration.created_by, reason=f"migration #{migration.pk}"
+            )
+        _test_pause("cutover")  # flipped, not committed
+    _test_pause("cutover-committed")  # the alias names the target; the window is not set
     serving_drain()  # every serving process resolves the alias to the target now
     migration.window_ends_at = timezone.now() + timedelta(seconds=migration.window_seconds)
     migration.save(update_fields=["window_ends_at", "updated_at"])
     until = f"{migration.window_ends_at:%Y-%m-%d %H:%M}"
     return f"{migration.alias} → {target.name}; {source.name} is its standby until {until}"
+
+
+def _alias_target_locked(alias: str) -> int | None:
+    """The pk of the namespace `alias` names, its row locked until the transaction ends (None when it is new)."""
+    return NamespaceAlias.objects.select_for_update().filter(name=alias).values_list("namespace_id", flat=True).first()
 
 
 def _retire(migration: NamespaceMigration, *, echo: Echo, **_: Any) -> str:
