@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import BackendError, BackendUnavailable, GpuUnavailable
+from core.errors import BackendError, BackendUnavailable
 from embeddings.providers.base import ProviderConfig, Readiness, RerankProvider, resolve_local_path
-from embeddings.providers.sentence_transformers import _load_model, model_device
+from embeddings.providers.sentence_transformers import model_device, model_load, model_readiness
 
 
 class CrossEncoderProvider(RerankProvider):
@@ -28,7 +28,7 @@ class CrossEncoderProvider(RerankProvider):
     def _model(self) -> tuple[Any, threading.Lock]:
         if self._loaded is None:
             path = str(resolve_local_path(self.config.model_path))
-            self._loaded = _load_model(path, model_device(self.config), self.config.max_tokens, "CrossEncoder")
+            self._loaded = model_load(path, model_device(self.config), self.config.max_tokens, "CrossEncoder")
         return self._loaded
 
     def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
@@ -47,8 +47,4 @@ class CrossEncoderProvider(RerankProvider):
         return scores
 
     def readiness(self) -> Readiness:
-        try:
-            model = self._model()[0]
-        except (BackendUnavailable, GpuUnavailable) as error:
-            return Readiness(False, error.message)
-        return Readiness(True, f"loaded on {model.device}")
+        return model_readiness(self._model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _load_model(
+def model_load(
     path: str, device: str, max_seq_length: int, model_class: str = "SentenceTransformer"
 ) -> tuple[Any, threading.Lock]:
     """The process's one instance of the model (`model_class`: SentenceTransformer or SparseEncoder) and its lock."""
@@ -54,6 +54,15 @@ def _load_model(
             model.eval()
             _models[key] = (model, threading.Lock())
         return _models[key]
+
+
+def model_readiness(load: Callable[[], tuple[Any, ...]]) -> Readiness:
+    """Ready once `load` (a provider's model loader) has the model in memory; not ready, with the reason, otherwise."""
+    try:
+        model = load()[0]
+    except (BackendUnavailable, GpuUnavailable) as error:
+        return Readiness(False, error.message)
+    return Readiness(True, f"loaded on {model.device}")
 
 
 _sorted_encoders: dict[int, SortedEncoder | None] = {}
@@ -100,7 +109,7 @@ class SentenceTransformersProvider(EmbeddingProvider):
             from sentence_transformers.models import Normalize
 
             path = str(resolve_local_path(self.config.model_path))
-            model, lock = _load_model(path, self._device(), self.config.max_tokens)
+            model, lock = model_load(path, self._device(), self.config.max_tokens)
             with lock:  # the probe runs the model
                 sorted_encoder = _sorted_encoder(model)
             normalizes = any(isinstance(module, Normalize) for module in model)
@@ -154,8 +163,4 @@ class SentenceTransformersProvider(EmbeddingProvider):
         return self._model()[2]
 
     def readiness(self) -> Readiness:
-        try:
-            model = self._model()[0]
-        except (BackendUnavailable, GpuUnavailable) as error:
-            return Readiness(False, error.message)
-        return Readiness(True, f"loaded on {model.device}")
+        return model_readiness(self._model)

@@ -21,7 +21,7 @@ from embeddings.providers.base import (
     TermWeights,
     resolve_local_path,
 )
-from embeddings.providers.sentence_transformers import _load_model, model_device
+from embeddings.providers.sentence_transformers import model_device, model_load
 from namespaces.config import ExpansionSide, pyserini_config
 
 
@@ -70,7 +70,7 @@ class SpladeProvider(SparseProvider):
                     f"SPLADE model folder {str(path)!r} has no config.json (namespace {self.config.namespace}).",
                     details={"model_path": str(path)},
                 )
-            loaded = _load_model(str(path), model_device(self.config), self.config.max_tokens, "SparseEncoder")
+            loaded = model_load(str(path), model_device(self.config), self.config.max_tokens, "SparseEncoder")
             _speed_up_pooling(loaded[0])
             self._loaded = loaded
         return self._loaded
