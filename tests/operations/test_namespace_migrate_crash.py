@@ -126,7 +126,7 @@ def test_sigkill_at_each_phase_then_rerun_completes_with_every_document_once(
     documents_delete(namespace=v1, tenant=tenant_a, external_ids=[d.id for d in texts(3)])
     dataset = scifact_subset(tmp_path / "scifact-tiny", queries=10, others=20)
     var_dir = tmp_path / "var"
-    start_arguments = ["--from", V1, "--to", V2, "--dataset", str(dataset)]
+    start_arguments = ["--from", V1, "--to", V2, "--dataset", str(dataset), "--purge-on-retire"]
 
     # 1. Shadow: the link is committed, the step is not done. v1 serves; v2 has nothing yet but mirrors writes.
     run_command(start_arguments, var_dir, tmp_path / "shadow.log", pause_at="shadow")
@@ -189,3 +189,25 @@ def test_sigkill_at_each_phase_then_rerun_completes_with_every_document_once(
     assert_recorded_once(migration)
     assert {(V1, V2), (V2, V1)} <= set(NamespaceStandby.objects.values_list("primary__name", "standby__name"))
     assert "late" in live_ids(v2, tenant_b) and copied[0] not in live_ids(v2, tenant_a)
+
+    # 7. Retire (--now ends the window), killed after the first tenant's index is dropped: v2 serves untouched.
+    served = {tenant.slug: live_ids(v2, tenant) for tenant in (tenant_a, tenant_b)}
+    run_command([*resume, "--now"], var_dir, tmp_path / "retire.log", pause_at="retire")
+    migration.refresh_from_db()
+    assert (migration.step, migration.state) == (MigrationStep.RETIRE, MigrationState.RUNNING)
+    assert indexed_labels(v1, tenant_a) == set() and indexed_labels(v1, tenant_b)  # tenants are dropped in order
+    assert Document.objects.filter(namespace=v1).exists() and alias_target() == V2
+    assert {tenant.slug: live_ids(v2, tenant) for tenant in (tenant_a, tenant_b)} == served
+
+    # 8. The rerun finishes the retire: v1's indexes and rows are gone, v2 holds what it held, once.
+    run_command([*resume, "--now"], var_dir, tmp_path / "retired.log")
+    migration.refresh_from_db()
+    assert migration.state == MigrationState.DONE and migration.steps["retire"]["ok"]
+    assert indexed_labels(v1, tenant_a) == indexed_labels(v1, tenant_b) == set()
+    assert not Document.objects.filter(namespace=v1).exists() and alias_target() == V2
+    for tenant in (tenant_a, tenant_b):
+        rows = Document.objects.filter(namespace=v2, tenant=tenant)
+        assert sorted(rows.values_list("external_id", flat=True)) == served[tenant.slug] == live_ids(v2, tenant)
+        assert indexed_labels(v2, tenant) == set(rows.values_list("pk", flat=True))
+    assert not NamespaceStandby.objects.filter(primary__name__in=[V1, V2]).exists()
+    assert_recorded_once(migration)
