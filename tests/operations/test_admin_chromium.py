@@ -104,3 +104,59 @@ def test_operator_filters_the_audit_to_one_tenant_and_opens_an_incident(live_ser
             browser.close()
 
     assert (ARTIFACTS / "admin-incident.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium missing: apt-get install chromium")
+def test_operator_watches_a_migration_at_its_gate_and_aborts_it(
+    live_server, synced, tenant_a, settings, tmp_path, monkeypatch
+):
+    """A real migration (MiniLM v1 -> an identical v2, backfilled and gated on a SciFact subset) waits before its
+    cutover; the operator reads its progress and gate figures in the admin and aborts it there: v1 serves as before."""
+    from playwright.sync_api import sync_playwright
+
+    from namespaces.selectors import alias_resolve
+    from operations.lifecycle import migration_run
+    from operations.models import MigrationState, MigrationStep, NamespaceMigration
+    from tests.operations.test_namespace_migration import ALIAS, V1, accept, new_version, plan, scifact_subset, texts
+
+    settings.MEDKG_INGESTION_LOCAL_MODE = "inline"
+    v1, v2 = synced[V1], new_version(synced)
+    accept(v1, tenant_a, texts(12))
+    migration = plan(v1, v2, scifact_subset(tmp_path / "scifact-tiny", queries=10, others=20))
+    migration = migration_run(migration=migration, until=MigrationStep.GATE)
+    assert (migration.state, migration.step) == (MigrationState.WAITING, MigrationStep.CUTOVER)
+    User.objects.create_superuser("ops", "ops@example.org", "pw-ops-123")
+    ARTIFACTS.mkdir(exist_ok=True)
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop here
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{live_server.url}/admin/login/?next=/admin/operations/namespacemigration/")
+            page.fill("#id_username", "ops")
+            page.fill("#id_password", "pw-ops-123")
+            page.click("input[type=submit]")
+            page.wait_for_selector("#result_list")
+            row = page.inner_text("#result_list tbody tr")
+            assert V1 in row and "cutover" in row and "waiting" in row and "100 % (12/12)" in row, row
+
+            page.click(f"#result_list a:text-is('{migration.pk}')")
+            page.wait_for_url(f"**/admin/operations/namespacemigration/{migration.pk}/change/**")
+            gate = page.inner_text(".field-gate_figures")
+            assert "0.0 % drop" in gate and "passed" in gate and "overlap@10 1.0" in gate, gate
+            assert "tenant-a: 12 / 12" in page.inner_text(".field-tenant_progress")
+            page.screenshot(path=str(ARTIFACTS / "admin-migration.png"), full_page=True)
+
+            page.goto(f"{live_server.url}/admin/operations/namespacemigration/")
+            page.check("#result_list input.action-select")
+            page.select_option("select[name=action]", "abort")
+            page.click("button[name=index]")
+            page.wait_for_selector(".messagelist")
+            assert f"#{migration.pk}: abort done" in page.inner_text(".messagelist")
+            assert "Aborted" in page.inner_text("#result_list tbody tr")
+        finally:
+            browser.close()
+
+    assert NamespaceMigration.objects.get(pk=migration.pk).state == MigrationState.ABORTED
+    assert alias_resolve(ALIAS) == V1
