@@ -18,17 +18,9 @@ from embeddings.models import JobStatus
 logger = logging.getLogger("medkg.embeddings.tasks")
 
 
-@shared_task(
-    bind=True,
-    name="embeddings.ingestion_job",
-    acks_late=True,  # a worker killed mid-job leaves the message to be delivered again
-    reject_on_worker_lost=True,
-    autoretry_for=(BackendUnavailable,),
-    retry_backoff=5,
-    retry_backoff_max=300,
-    max_retries=20,
-)
-def ingestion_job_task(self: Task, job_id: str) -> str:
+# Only queues a step: no backend call to retry, but a worker killed before that must leave the message.
+@shared_task(name="embeddings.ingestion_job", acks_late=True, reject_on_worker_lost=True)
+def ingestion_job_task(job_id: str) -> str:
     """A message of an earlier version (one task ran a whole job): now a fair step, like every accepted job."""
     ingestion_step_task.delay()
     return f"{job_id}: handed to the fair steps"

@@ -95,3 +95,20 @@ def test_two_busy_tenants_alternate_step_by_step(
     wait_for(lambda: not IngestionJob.objects.exclude(status=JobStatus.SUCCEEDED).exists())
     a, b = tenant_a.slug, tenant_b.slug
     assert steps == [a, b, a, b, a, b, a, a, a], steps
+
+
+def test_a_whole_job_message_of_an_earlier_version_is_run_as_fair_steps(
+    synced: dict[str, Namespace], tenant_a: Tenant, settings: Any, monkeypatch: Any
+) -> None:
+    """A broker may still hold `embeddings.ingestion_job` messages from before the fair steps; they must run the
+    job. Celery runs eagerly here (no broker): the task and the steps it queues run in this process."""
+    settings.MEDKG_INGESTION_STEP = STEP
+    monkeypatch.setattr(ingestion, "ingestion_dispatch", lambda **_: None)  # accepted, not started
+    job = documents_accept(namespace=synced[DEFAULT_NAMESPACE], tenant=tenant_a, documents=documents("old", 3 * STEP))
+    assert IngestionJob.objects.get(pk=job.pk).status == JobStatus.QUEUED
+
+    from embeddings.tasks import ingestion_job_task
+
+    assert ingestion_job_task.apply(args=[str(job.pk)]).get() == f"{job.pk}: handed to the fair steps"
+    assert IngestionJob.objects.get(pk=job.pk).status == JobStatus.SUCCEEDED
+    assert Document.objects.filter(tenant=tenant_a, indexed_version=1).count() == 3 * STEP
