@@ -24,7 +24,7 @@ from embeddings.ingestion import (
     namespace_provenance,
     vector_from_bytes,
 )
-from embeddings.models import Document, IngestionJob, JobKind, JobPurpose, JobStatus
+from embeddings.models import Document, IngestionJob, JobKind, JobPurpose, JobStatus, QuerySample
 from embeddings.services import INDEXED_KINDS
 from embeddings.stores.base import SparseItem, SparseStore, StoredVector
 from embeddings.stores.registry import index_for
@@ -350,6 +350,7 @@ def tenant_erase(*, tenant: Tenant, wait_seconds: float = 60.0, keep_tenant: boo
         for namespace_id, name in Namespace.objects.filter(pk__in=with_rows).values_list("pk", "name"):
             report.documents[name], _ = Document.objects.filter(tenant=tenant, namespace_id=namespace_id).delete()
         report.jobs, _ = jobs.delete()
+        QuerySample.objects.filter(tenant=tenant).delete()  # with keep_tenant too: the query texts are its data
         TenantUsage.objects.filter(tenant=tenant).delete()
         if not keep_tenant:
             tenant.delete()

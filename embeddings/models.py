@@ -184,3 +184,22 @@ class EvaluationRun(models.Model):
     @property
     def recall_at_10(self) -> float | None:
         return self.metrics.get("recall_at_10")
+
+
+class QuerySample(models.Model):
+    """A sampled real search query of a tenant on a namespace: a migration's gate measures the agreement of the old
+    and new versions (overlap@10) on what the tenant really asks, not only on a dataset's queries.
+
+    Query texts are tenant data: sampled at MEDKG_QUERY_SAMPLE_RATE (0 stores none), at most MEDKG_QUERY_SAMPLE_KEEP
+    kept per tenant and namespace (the oldest go), erased with the tenant."""
+
+    namespace = models.ForeignKey(Namespace, on_delete=models.CASCADE, related_name="query_samples")
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="query_samples")
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["namespace", "tenant", "-id"], name="query_sample_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.namespace_id}: {self.text[:60]}"

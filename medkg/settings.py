@@ -347,6 +347,13 @@ if MEDKG_MIGRATION_WINDOW_SECONDS < 0:
 MEDKG_MIGRATION_GATE_DATASET = env.str("MEDKG_MIGRATION_GATE_DATASET", default="")
 # Documents copied per backfill transaction (one mirror job and the cursor, committed together).
 MEDKG_MIGRATION_BACKFILL_CHUNK = positive_int("MEDKG_MIGRATION_BACKFILL_CHUNK", 500)
+# The gate's overlap@10 runs each tenant's recent real queries (embeddings.QuerySample): the fraction of searches
+# whose query text is kept (0 keeps none: the gate uses the dataset's queries), and how many are kept per tenant and
+# namespace. Query texts are tenant data; they are erased with the tenant.
+MEDKG_QUERY_SAMPLE_RATE = env.float("MEDKG_QUERY_SAMPLE_RATE", default=0.05)
+if not 0 <= MEDKG_QUERY_SAMPLE_RATE <= 1:
+    raise ImproperlyConfigured("MEDKG_QUERY_SAMPLE_RATE must be between 0 and 1")
+MEDKG_QUERY_SAMPLE_KEEP = positive_int("MEDKG_QUERY_SAMPLE_KEEP", 200)
 
 # --- Celery: eager (in-process) unless a broker is configured ---
 CELERY_BROKER_URL = secret("CELERY_BROKER_URL", "") or ""

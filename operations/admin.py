@@ -200,10 +200,13 @@ class NamespaceMigrationAdmin(EvidenceAdmin):
             ),
         )
         verdict = "passed" if gate["passed"] else "refused"
+        queries = gate.get("overlap_queries") or {}
         return format_html(
-            "{}<div>overlap@10 {}; margin {} %; {}: {}</div>",
+            "{}<div>overlap@10 {} ({} sampled, {} dataset queries); margin {} %; {}: {}</div>",
             figures,
             gate.get("overlap_at_10"),
+            queries.get("sampled", 0),
+            queries.get("dataset", 0),
             f"{gate['margin'] * 100:g}",
             verdict,
             gate["reason"],

@@ -28,6 +28,7 @@ from core.errors import MedkgError
 from core.logging import log_event
 from embeddings.ingestion import IncomingDocument, documents_mirror, ingestion_is_paused, ingestion_requeue
 from embeddings.models import Document, IngestionJob, JobPurpose, JobStatus
+from embeddings.query_samples import query_samples_recent
 from embeddings.retrieval_evaluation import beir_load, retrieval_evaluate
 from embeddings.selectors import documents_search
 from embeddings.stores.registry import index_for
@@ -53,7 +54,7 @@ logger = logging.getLogger("medkg.operations.lifecycle")
 Echo = Callable[[str], None]
 Progress = Callable[[str, int, int], None]  # (tenant or phase, done, total)
 GATE_METRICS = {"ndcg_at_10": "nDCG@10", "recall_at_10": "Recall@10"}
-OVERLAP_QUERIES = 20  # dataset queries run against each migrated tenant's own documents in A and in B
+OVERLAP_QUERIES = 20  # a tenant's recent real queries (else dataset ones) run on its own documents in A and in B
 POLL_SECONDS = 0.5
 
 
@@ -418,13 +419,15 @@ def _gate(migration: NamespaceMigration, *, echo: Echo, progress: Progress) -> s
         f"{GATE_METRICS[worst]} of {target.name} {after[worst]:.3f} is {drops[worst] * 100:.1f} % below "
         f"{source.name}'s {before[worst]:.3f}; the margin is {migration.margin * 100:g} %"
     )
+    overlap, overlap_queries = _overlap_at_10(migration)
     migration.gate = {
         "dataset": migration.dataset,
         "source": before,
         "target": after,
         "drops": drops,
         "margin": migration.margin,
-        "overlap_at_10": _overlap_at_10(migration),
+        "overlap_at_10": overlap,
+        "overlap_queries": overlap_queries,
         "passed": passed,
         "reason": reason if not passed else f"within the margin ({reason.split(';')[0]})",
     }
@@ -435,21 +438,24 @@ def _gate(migration: NamespaceMigration, *, echo: Echo, progress: Progress) -> s
     return migration.gate["reason"]
 
 
-def _overlap_at_10(migration: NamespaceMigration) -> float | None:
-    """Mean overlap of the source's and target's top 10 for the first dataset queries, on each migrated tenant's
-    own documents (None without any)."""
-    queries = list(beir_load(Path(migration.dataset)).queries.values())[:OVERLAP_QUERIES]
+def _overlap_at_10(migration: NamespaceMigration) -> tuple[float | None, dict[str, int]]:
+    """Mean overlap of the source's and target's top 10 on each migrated tenant's own documents, for the tenant's
+    recent real queries of the source (sampled by search), or the first dataset queries for a tenant with none
+    (None without any); and how many queries of each kind were run."""
+    dataset_queries = list(beir_load(Path(migration.dataset)).queries.values())[:OVERLAP_QUERIES]
     tenants = Tenant.objects.filter(slug__in=list(migration.progress))
-    overlaps = []
+    overlaps, counts = [], {"sampled": 0, "dataset": 0}
     for tenant in tenants:
-        for query in queries:
+        queries = query_samples_recent(namespace=migration.source, tenant=tenant, limit=OVERLAP_QUERIES)
+        counts["sampled" if queries else "dataset"] += len(queries or dataset_queries)
+        for query in queries or dataset_queries:
             ranked = [
                 {hit.id for hit in documents_search(namespace=namespace, tenant=tenant, query=query, k=10)}
                 for namespace in (migration.source, migration.target)
             ]
             if ranked[0]:
                 overlaps.append(len(ranked[0] & ranked[1]) / len(ranked[0]))
-    return round(sum(overlaps) / len(overlaps), 4) if overlaps else None
+    return (round(sum(overlaps) / len(overlaps), 4) if overlaps else None), counts
 
 
 def _cutover(migration: NamespaceMigration, **_: Any) -> str:

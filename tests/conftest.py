@@ -116,6 +116,12 @@ def _faiss_in_tmp(settings: Any, tmp_path_factory: pytest.TempPathFactory) -> No
 
 
 @pytest.fixture(autouse=True)
+def _no_query_sampling(settings: Any) -> None:
+    """Searches keep no query samples unless a test asks (a random insert would change the queries tests count)."""
+    settings.MEDKG_QUERY_SAMPLE_RATE = 0.0
+
+
+@pytest.fixture(autouse=True)
 def _serving_state_fresh() -> None:
     """Circuit breakers, quota buckets and the access cache are per process: each test starts afresh."""
     from embeddings.failover import breakers_reset

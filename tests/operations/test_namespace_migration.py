@@ -340,3 +340,40 @@ def test_the_command_plans_runs_and_reports(
     call_command("namespace_migrate", "--id", str(migration.pk), "--abort")
     assert NamespaceMigration.objects.get().state == MigrationState.ABORTED
     assert NamespaceAlias.objects.get(name="single_vector.minilm.384").namespace.name == V1
+
+
+def test_the_gates_overlap_runs_each_tenants_recent_real_queries(
+    synced: dict[str, Namespace],
+    tenant_a: Tenant,
+    tenant_b: Tenant,
+    tiny_dataset: Path,
+    api: Any,
+    settings: Any,
+    monkeypatch: Any,
+) -> None:
+    """Tenant A searched (its queries were sampled): the overlap runs those on A's documents; tenant B never
+    searched: its overlap runs the dataset's queries."""
+    v1, v2 = synced[V1], new_version(synced)
+    accept(v1, tenant_a, texts(20))
+    accept(v1, tenant_b, texts(10, start=20))
+    migration = plan(v1, v2, tiny_dataset)  # the alias exists from here
+    settings.MEDKG_QUERY_SAMPLE_RATE = 1.0
+    token = make_token(tenant_a, ["embed:read"])
+    asked = ["vitamin D and bone density", "tumour suppressor genes", "antibiotic resistance in bacteria"]
+    for query in asked:
+        assert search_ids(api, token, query)[0] == V1  # through the alias: sampled on the concrete v1
+    run: list[tuple[str, str]] = []
+    real_search = lifecycle.documents_search
+
+    def recorded_search(**arguments: Any) -> Any:
+        run.append((arguments["tenant"].slug, arguments["query"]))
+        return real_search(**arguments)
+
+    monkeypatch.setattr(lifecycle, "documents_search", recorded_search)
+    migration = migration_run(migration=migration, until=MigrationStep.GATE)
+    gate = migration.gate
+    assert gate["passed"] and gate["overlap_at_10"] == 1.0 and gate["overlap_queries"] == {"sampled": 3, "dataset": 10}
+    assert sorted({query for tenant, query in run if tenant == "tenant-a"}) == sorted(asked)
+    assert len({query for tenant, query in run if tenant == "tenant-b"}) == 10 and not set(asked) & {
+        query for tenant, query in run if tenant == "tenant-b"
+    }

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from embeddings.metrics import request_observed
+from embeddings.query_samples import query_sample_maybe
 from embeddings.reranking import Hit, hits_rerank
 from embeddings.selectors import HybridPart, documents_search, hybrid_search
 from embeddings.services import texts_token_counts
@@ -165,6 +166,7 @@ class SearchView(APIView):
                 filters=data["filters"],
             )
         _charge_query(principal_of(request).tenant, data["query"], [granted])
+        query_sample_maybe(namespaces=[granted], tenant=principal_of(request).tenant, query=data["query"])
         body = {"namespace": granted.name, "model": granted.model_id, "model_version": granted.model_version}
         if reranker:
             hits = _reranked(request, reranker, data["query"], hits, [granted])[: data["rerank"]["top_n"]]
@@ -269,6 +271,7 @@ class HybridSearchView(APIView):
                 filters=data["filters"],
             )
         _charge_query(principal_of(request).tenant, data["query"], searched)
+        query_sample_maybe(namespaces=searched, tenant=principal_of(request).tenant, query=data["query"])
         offset, size = data["offset"], stage["top_n"] if stage else data["k"]
         hits, has_more = page.hits, page.has_more
         if reranker:
