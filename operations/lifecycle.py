@@ -33,7 +33,7 @@ from embeddings.retrieval_evaluation import beir_load, retrieval_evaluate
 from embeddings.selectors import documents_search
 from embeddings.stores.registry import index_for
 from namespaces.models import Namespace, NamespaceAlias, NamespaceStandby, StandbyPurpose, Tenant
-from namespaces.selectors import alias_resolve
+from namespaces.selectors import access_cache_ttl, alias_resolve
 from namespaces.services import alias_flip, standby_attach, standby_detach
 from operations.errors import MigrationRefused
 from operations.metrics import MIGRATION_STEPS
@@ -279,7 +279,11 @@ def _unlink(migration: NamespaceMigration, *, keep_rollback: bool) -> None:
 
 def _shadow(migration: NamespaceMigration, **_: Any) -> str:
     _link(migration, migration.source, migration.target, StandbyPurpose.MIGRATION)
-    _test_pause("shadow")  # the link is committed, the step is not recorded as done
+    # Serving processes read the links through their access cache: until it expires, one could accept an update
+    # of a document the backfill has already copied without mirroring it. The backfill starts after every process
+    # mirrors.
+    time.sleep(access_cache_ttl() + 0.25)
+    _test_pause("shadow")  # the link is committed and seen by every process, the step is not recorded as done
     return f"{migration.target.name} mirrors every write to {migration.source.name}"
 
 
